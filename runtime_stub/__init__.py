@@ -1,0 +1,1 @@
+"""halpc-stub: runs one device's part of a halpc bundle with ONNX Runtime; never imports the compiler."""
