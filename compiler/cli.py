@@ -1,0 +1,107 @@
+"""The `halpc` command: a thin layer over the library; user errors become one line, exit 1."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from halpc.errors import HalpcError
+from halpc_stub.errors import BundleError
+
+
+class _Group(click.Group):
+    """Turn user errors from anywhere below into one line on stderr, no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (HalpcError, BundleError) as exc:
+            click.echo(f"halpc: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("halpc: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="halpc")
+def main() -> None:
+    """Split one CNN's spatial layers across several edge devices, bit-exactly."""
+
+
+_input_shape = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=DIMS",
+    help="Fix an input's shape, e.g. images=1x3x320x320 (needed for dynamic dims).",
+)
+
+
+def _load(model: str, input_shapes: tuple[str, ...]):
+    from halpc.model import load_model, parse_input_shapes
+    from halpc.trunk import analyse
+
+    return analyse(load_model(model, parse_input_shapes(input_shapes)))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@_input_shape
+def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
+    """Print the spatial trunk: layers, shapes, MACs, receptive fields, cut points."""
+    from halpc.report import trunk_table
+
+    click.echo(trunk_table(_load(model, input_shapes)))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
+              help="TOML file describing the devices and links.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write (replaced if it is an old bundle).")
+@click.option("--strategy", default="even", show_default=True, type=click.Choice(["even"]),
+              help="How to plan the split.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
+              help="Compile this plan JSON (e.g. a hand-edited plan.json) instead of planning.")
+@_input_shape
+def compile(model: str, cluster_file: str, output: str, strategy: str, plan_file: str | None,
+            input_shapes: tuple[str, ...]) -> None:
+    """Plan the split of MODEL over the cluster and write one folder per device."""
+    from halpc.cluster import load_cluster
+    from halpc.emit.bundle import check_destination, write_bundle
+    from halpc.plan import even_plan, load_plan
+    from halpc.report import bundle_summary
+
+    started = time.perf_counter()
+    check_destination(Path(output))
+    cluster = load_cluster(cluster_file)
+    trunk = _load(model, input_shapes)
+    names = list(cluster.names)
+    plan = load_plan(plan_file, trunk, names) if plan_file else even_plan(trunk, names)
+    summary = write_bundle(trunk, plan, cluster, output)
+    click.echo(bundle_summary(trunk, plan, cluster, summary, time.perf_counter() - started))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--input", "input_file", type=click.Path(dir_okay=False),
+              help="Input as .npy (one input) or .npz (one array per input name).")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(1),
+              help="Number of seeded random inputs, when no --input is given.")
+def verify(bundle: str, input_file: str | None, seeds: int) -> None:
+    """Run every device's part in this process; exit 0 only if outputs are bit-exact."""
+    from halpc.report import verify_table
+    from halpc.verify import verify as run_verify
+
+    checks = run_verify(bundle, input_file, seeds)
+    click.echo(verify_table(checks))
+    if not all(c.exact for c in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,105 @@
+"""Plain-text tables the CLI prints: the trunk, a compiled bundle, a verification."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from halpc.cluster import Cluster
+from halpc.emit.bundle import BundleSummary
+from halpc.plan import Plan
+from halpc.trunk import Trunk
+from halpc.verify import OutputCheck
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] = frozenset()) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)
+            ).rstrip()
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _macs(macs: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:.2f}{unit}"
+    return str(int(macs))
+
+
+def trunk_table(trunk: Trunk) -> str:
+    cut_after = {c.position - 1: c.tensor for c in trunk.cuts}
+    exits = set(trunk.exits)
+    rows = []
+    for layer in trunk.layers:
+        out = layer.outputs[0]
+        marks = []
+        if layer.position in cut_after:
+            marks.append("cut")
+        if any(o in exits for o in layer.outputs):
+            marks.append("exit")
+        rows.append(
+            (
+                layer.position,
+                layer.name,
+                layer.op_type,
+                _shape(trunk.tensors[out].shape),
+                _macs(layer.macs),
+                trunk.receptive_field[out],
+                " ".join(marks),
+            )
+        )
+    body = table(("#", "layer", "op", "output", "MACs", "RF", "cut/exit"), rows, right={0, 4, 5})
+    info = trunk.tensors[trunk.input]
+    tail_ops = sorted({n.op_type for n in trunk.tail})
+    head = [
+        f"model      {trunk.model.path}  (sha256 {trunk.model.sha256[:12]})",
+        f"input      {trunk.input} {_shape(info.shape)} {info.dtype}, rows on axis {info.row_axis}",
+        f"trunk      {len(trunk.layers)} layers, {_macs(trunk.macs)} MACs, "
+        f"{len(trunk.cuts)} cut points, exits: {', '.join(trunk.exits)}",
+        f"tail       {len(trunk.tail)} nodes on the host"
+        + (f" ({', '.join(tail_ops)})" if tail_ops else ""),
+        "",
+        "RF: input rows one output row depends on. cut: the trunk may be cut after this layer.",
+        "exit: the tail or a graph output reads this tensor whole.",
+        "",
+    ]
+    return "\n".join(head) + body
+
+
+def bundle_summary(trunk: Trunk, plan: Plan, cluster: Cluster, summary: BundleSummary, seconds: float) -> str:
+    per_device = {d: 0 for d in cluster.names}
+    for job in summary.schedule.jobs:
+        per_device[job.device] += 1
+    sent = {d: 0 for d in cluster.names}
+    for (sender, _), size in summary.schedule.traffic.items():
+        sent[sender] += size
+    rows = [
+        (d, "host" if d == cluster.host.name else "", per_device[d], f"{sent[d] / 1e6:.2f}")
+        for d in cluster.names
+    ]
+    lines = [
+        f"strategy   {plan.strategy}: {len(plan.blocks)} blocks over {len(trunk.layers)} trunk layers",
+        table(("device", "role", "strips", "MB sent/task"), rows, right={2, 3}),
+        f"wrote      {summary.path}/ ({summary.files} files, {summary.bytes / 1e6:.1f} MB) in {seconds:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def verify_table(checks: Sequence[OutputCheck]) -> str:
+    rows = [
+        (c.case, c.name, _shape(c.shape), "exact" if c.exact else f"max abs diff {c.max_abs_diff:.3g}")
+        for c in checks
+    ]
+    exact = sum(c.exact for c in checks)
+    verdict = "bit-exact" if exact == len(checks) else "NOT bit-exact"
+    return table(("input", "output", "shape", "result"), rows) + f"\n{exact}/{len(checks)} outputs exact: {verdict}"

@@ -1,0 +1,171 @@
+"""Run a whole bundle in one process and compare it with the unsplit model, bit for bit.
+
+Every device's program runs through the same executor the stub uses on a board, interleaved
+over an in-process mailbox, with the same ONNX Runtime options as the reference run. So what is
+proven here is the bundle itself: its files, its schedule and its row arithmetic.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from halpc.errors import HalpcError
+from halpc_stub.executor import run_program
+from halpc_stub.manifest import Manifest, load_manifest
+from halpc_stub.session import make_session
+from halpc_stub.store import RowStore
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    case: str
+    name: str
+    shape: tuple[int, ...]
+    exact: bool
+    max_abs_diff: float
+
+
+class Mailbox:
+    """Messages between the devices of one process, keyed like the wire protocol's headers."""
+
+    def __init__(self) -> None:
+        self.messages: dict[tuple[str, str, str, tuple[int, int]], np.ndarray] = {}
+        self.sent = 0
+
+    def endpoint(self, device: str) -> _Endpoint:
+        return _Endpoint(self, device)
+
+
+@dataclass
+class _Endpoint:
+    mailbox: Mailbox
+    device: str
+
+    def send(self, to: str, tensor: str, rows, array: np.ndarray) -> None:
+        key = (self.device, to, tensor, tuple(rows))
+        if key in self.mailbox.messages:
+            raise AssertionError(f"message {key} sent twice")
+        # A real link copies the bytes: the receiver must never alias the sender's buffer.
+        self.mailbox.messages[key] = np.array(array, copy=True)
+        self.mailbox.sent += 1
+
+    def try_recv(self, sender: str, tensor: str, rows) -> np.ndarray | None:
+        return self.mailbox.messages.pop((sender, self.device, tensor, tuple(rows)), None)
+
+
+def run_bundle(manifest: Manifest, inputs: dict[str, np.ndarray], sessions) -> dict[str, np.ndarray]:
+    """Outputs of the split model for one task, all devices interleaved in this process."""
+    specs = manifest.tensors
+    mailbox = Mailbox()
+    results: dict[str, np.ndarray] = {}
+    runners: dict[str, Iterator[None]] = {}
+    for device in manifest.devices:
+        store = RowStore(specs)
+        if device.host:
+            for name, array in inputs.items():
+                if name == manifest.data["spatial_input"]:
+                    store.put(name, (0, specs[name].rows), array)
+                store.put_whole(name, array)
+        runners[device.name] = run_program(
+            manifest.program(device.name),
+            store,
+            lambda file, d=device: sessions(d, file),
+            mailbox.endpoint(device.name),
+            results,
+        )
+    while runners:
+        before = (mailbox.sent, len(runners))
+        for name in list(runners):
+            try:
+                next(runners[name])
+            except StopIteration:
+                del runners[name]
+        if runners and (mailbox.sent, len(runners)) == before:
+            raise AssertionError(f"schedule deadlock: {', '.join(runners)} wait for messages never sent")
+    if mailbox.messages:
+        raise AssertionError(f"{len(mailbox.messages)} messages were sent but never received")
+    return results
+
+
+def random_inputs(manifest: Manifest, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in manifest.inputs:
+        dtype = np.dtype(spec["dtype"])
+        if dtype.kind == "f":
+            arrays[spec["name"]] = rng.standard_normal(spec["shape"]).astype(dtype)
+        else:
+            arrays[spec["name"]] = rng.integers(0, 2, spec["shape"]).astype(dtype)
+    return arrays
+
+
+def load_inputs(manifest: Manifest, path: Path) -> dict[str, np.ndarray]:
+    names = [spec["name"] for spec in manifest.inputs]
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise HalpcError(f"{path}: no such input file") from None
+    except (OSError, ValueError) as exc:
+        raise HalpcError(f"{path}: not a .npy or .npz file ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        if len(names) != 1:
+            raise HalpcError(f"{path}: the model has inputs {', '.join(names)}; give an .npz with one array per input")
+        arrays = {names[0]: loaded}
+    else:
+        arrays = {k: loaded[k] for k in loaded.files}
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise HalpcError(f"{path}: no array for input(s) {', '.join(missing)} (it has {', '.join(arrays)})")
+    for spec in manifest.inputs:
+        array = arrays[spec["name"]]
+        if tuple(array.shape) != tuple(spec["shape"]) or array.dtype != np.dtype(spec["dtype"]):
+            raise HalpcError(
+                f"{path}: input {spec['name']!r} is {array.dtype} {'x'.join(map(str, array.shape))}; "
+                f"the bundle was compiled for {spec['dtype']} {'x'.join(map(str, spec['shape']))}"
+            )
+    return {n: arrays[n] for n in names}
+
+
+def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int = 1) -> list[OutputCheck]:
+    manifest = load_manifest(bundle)
+    manifest.check_files()
+    if manifest.data["onnxruntime"] != onnxruntime.__version__:
+        raise HalpcError(
+            f"{bundle}: compiled with onnxruntime {manifest.data['onnxruntime']}, this is "
+            f"{onnxruntime.__version__}; bit-exactness is a property of one build, install that one"
+        )
+    cache: dict[tuple[str, str], object] = {}
+
+    def sessions(device, file: str):
+        key = (device.name, file)
+        if key not in cache:
+            cache[key] = make_session(str(manifest.path(device.name, file)), device.threads)
+        return cache[key]
+
+    reference = make_session(str(manifest.reference_model()), manifest.host.threads)
+    cases: list[tuple[str, dict[str, np.ndarray]]]
+    if input_file is not None:
+        cases = [(Path(input_file).name, load_inputs(manifest, Path(input_file)))]
+    else:
+        cases = [(f"seed {s}", random_inputs(manifest, s)) for s in range(seeds)]
+    checks = []
+    for case, inputs in cases:
+        expected = dict(zip(manifest.outputs, reference.run(manifest.outputs, inputs)))
+        got = run_bundle(manifest, inputs, sessions)
+        for name in manifest.outputs:
+            checks.append(_compare(case, name, expected[name], got[name]))
+    return checks
+
+
+def _compare(case: str, name: str, expected: np.ndarray, got: np.ndarray) -> OutputCheck:
+    if expected.shape != got.shape:
+        return OutputCheck(case, name, tuple(got.shape), False, float("inf"))
+    exact = bool(np.array_equal(expected, got))
+    diff = 0.0
+    if not exact and expected.size:
+        diff = float(np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64))))
+    return OutputCheck(case, name, tuple(expected.shape), exact, diff)

@@ -1,0 +1,113 @@
+"""Read a bundle's manifest and prove the files on this device are the ones it names."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from halpc_stub.errors import BundleError
+from halpc_stub.store import TensorSpec
+
+FORMAT = "halpc-bundle/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    name: str
+    host: bool
+    address: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def devices(self) -> list[DeviceEntry]:
+        return [DeviceEntry(d["name"], d["host"], d["address"], d["threads"]) for d in self.data["devices"]]
+
+    @property
+    def host(self) -> DeviceEntry:
+        return next(d for d in self.devices if d.host)
+
+    def device(self, name: str) -> DeviceEntry:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        names = ", ".join(d.name for d in self.devices)
+        raise BundleError(f"{self.root / MANIFEST}: no device {name!r} in this bundle ({names})")
+
+    @property
+    def tensors(self) -> dict[str, TensorSpec]:
+        return {
+            name: TensorSpec(tuple(t["shape"]), t["dtype"], t["row_axis"])
+            for name, t in self.data["tensors"].items()
+        }
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.data["inputs"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [o["name"] for o in self.data["outputs"]]
+
+    def program(self, device: str) -> list[dict[str, Any]]:
+        self.device(device)
+        return self.data["programs"].get(device, [])
+
+    def path(self, device: str, file: str) -> Path:
+        """Where a device's file is: in its folder of a whole bundle, or beside a lone manifest."""
+        folder = self.root / device
+        return (folder if folder.is_dir() else self.root) / file
+
+    def reference_model(self) -> Path:
+        return self.root / self.data["model"]["file"]
+
+    def check_files(self, device: str | None = None) -> None:
+        """sha256 of every artifact (of one device, or all) against the manifest."""
+        for rel, digest in self.data["artifacts"].items():
+            owner, _, file = rel.partition("/")
+            if device is not None and owner != device:
+                continue
+            path = self.path(owner, file) if owner in self.data["programs"] else self.root / rel
+            try:
+                actual = _sha256(path)
+            except FileNotFoundError:
+                raise BundleError(f"{path}: missing from the bundle; copy the whole device folder again") from None
+            if actual != digest:
+                raise BundleError(
+                    f"{path}: sha256 differs from the manifest (file damaged or edited); "
+                    "copy the bundle again or recompile"
+                )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(bundle: str | Path) -> Manifest:
+    root = Path(bundle)
+    path = root / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{root}: no {MANIFEST} here; give a bundle folder written by `halpc compile`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc}); recompile the bundle") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a {FORMAT} manifest; recompile with this halpc version")
+    for key in ("devices", "tensors", "artifacts", "programs", "inputs", "outputs", "model"):
+        if key not in data:
+            raise BundleError(f"{path}: manifest has no {key!r}; recompile the bundle")
+    # A lone device folder copied to a board has the manifest beside its files.
+    return Manifest(root, data)

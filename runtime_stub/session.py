@@ -1,0 +1,23 @@
+"""ONNX Runtime sessions with the one set of options every halpc run uses.
+
+Bit-exactness between the unsplit model and its strips holds for one ORT build with one set of
+options (ORT_ENABLE_ALL rewrites convolutions to NCHWc kernels whose accumulation order does not
+depend on the strip height). The reference run in `halpc verify` and every device use this.
+"""
+from __future__ import annotations
+
+import onnxruntime as ort
+
+
+def make_session(
+    model: str | bytes, threads: int = 1, optimized_path: str | None = None
+) -> ort.InferenceSession:
+    """A session with halpc's options; `optimized_path` saves the graph ORT actually runs."""
+    options = ort.SessionOptions()
+    if optimized_path is not None:
+        options.optimized_model_filepath = optimized_path
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
