@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from halpc.compile import STRATEGIES
 from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
 
@@ -63,7 +64,7 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
               help="TOML file describing the devices and links.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Bundle folder to write (replaced if it is an old bundle).")
-@click.option("--strategy", default="even", show_default=True, type=click.Choice(["even"]),
+@click.option("--strategy", default="even", show_default=True, type=click.Choice(STRATEGIES),
               help="How to plan the split.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
               help="Compile this plan JSON (e.g. a hand-edited plan.json) instead of planning.")
@@ -71,19 +72,15 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
 def compile(model: str, cluster_file: str, output: str, strategy: str, plan_file: str | None,
             input_shapes: tuple[str, ...]) -> None:
     """Plan the split of MODEL over the cluster and write one folder per device."""
-    from halpc.cluster import load_cluster
-    from halpc.emit.bundle import check_destination, write_bundle
-    from halpc.plan import even_plan, load_plan
+    from halpc.compile import compile_bundle
+    from halpc.model import parse_input_shapes
     from halpc.report import bundle_summary
 
     started = time.perf_counter()
-    check_destination(Path(output))
-    cluster = load_cluster(cluster_file)
-    trunk = _load(model, input_shapes)
-    names = list(cluster.names)
-    plan = load_plan(plan_file, trunk, names) if plan_file else even_plan(trunk, names)
-    summary = write_bundle(trunk, plan, cluster, output)
-    click.echo(bundle_summary(trunk, plan, cluster, summary, time.perf_counter() - started))
+    result = compile_bundle(
+        model, cluster_file, output, strategy, plan_file, parse_input_shapes(input_shapes)
+    )
+    click.echo(bundle_summary(result, time.perf_counter() - started))
 
 
 @main.command()

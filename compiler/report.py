@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from halpc.cluster import Cluster
-from halpc.emit.bundle import BundleSummary
-from halpc.plan import Plan
+from halpc.compile import Compiled
 from halpc.trunk import Trunk
 from halpc.verify import OutputCheck
 
@@ -76,7 +74,8 @@ def trunk_table(trunk: Trunk) -> str:
     return "\n".join(head) + body
 
 
-def bundle_summary(trunk: Trunk, plan: Plan, cluster: Cluster, summary: BundleSummary, seconds: float) -> str:
+def bundle_summary(result: Compiled, seconds: float) -> str:
+    trunk, plan, cluster, summary = result.trunk, result.plan, result.cluster, result.bundle
     per_device = {d: 0 for d in cluster.names}
     for job in summary.schedule.jobs:
         per_device[job.device] += 1

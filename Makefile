@@ -1,0 +1,36 @@
+# halpc: `make demo` sets everything up and runs the main job; `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := build/demo
+
+.PHONY: setup demo test test-fast bench clean
+
+$(BIN)/halpc: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/halpc
+
+# Build VGG-16 (seeded weights), show its trunk, split it over three local devices, prove it exact.
+demo: setup
+	mkdir -p $(DEMO)
+	$(BIN)/python examples/models.py vgg16 -o $(DEMO)/vgg16.onnx
+	$(BIN)/halpc inspect $(DEMO)/vgg16.onnx
+	$(BIN)/halpc compile $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml -o $(DEMO)/bundle
+	$(BIN)/halpc verify $(DEMO)/bundle --seeds 2
+
+# Everything, slow tests included (what CI runs).
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/compile_time.py
+
+clean:
+	rm -rf build $(VENV) .pytest_cache
