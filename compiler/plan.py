@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,16 @@ class Plan:
             "blocks": blocks,
             "predicted": self.predicted,
         }
+
+    def dumps(self, trunk: Trunk) -> str:
+        """JSON for people: one strip per line, row ranges on one line."""
+        text = json.dumps(self.to_json(trunk), indent=2)
+        text = re.sub(
+            r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]",
+            lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
+            text,
+        )
+        return re.sub(r'\{\s*("device": "[^"]*"),\s*("rows": \[[^\]]*\])\s*\}', r"{\1, \2}", text) + "\n"
 
     def checksum(self, trunk: Trunk) -> str:
         text = json.dumps(self.to_json(trunk), sort_keys=True, separators=(",", ":"))

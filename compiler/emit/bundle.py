@@ -98,8 +98,7 @@ def _write(trunk: Trunk, plan: Plan, cluster: Cluster, root: Path):
     if tail is not None:
         put(f"{host}/tail.onnx", tail.SerializeToString())
     put("reference/model.onnx", trunk.model.reference)
-    plan_json = plan.to_json(trunk)
-    put("plan.json", (json.dumps(plan_json, indent=2) + "\n").encode())
+    put("plan.json", plan.dumps(trunk).encode())
 
     manifest = _manifest(trunk, plan, cluster, schedule)
     env = templates()
