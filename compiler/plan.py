@@ -45,6 +45,7 @@ class Plan:
     input_shapes: dict[str, tuple[int, ...]]
     blocks: tuple[BlockPlan, ...]
     predicted: dict[str, Any] = field(default_factory=dict)
+    exchange: str = "direct"  # "host": every block's output goes through the host (MoDNN)
 
     def devices(self) -> list[str]:
         seen: list[str] = []
@@ -75,6 +76,7 @@ class Plan:
                 "sha256": self.model_sha256,
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
             },
+            "exchange": self.exchange,
             "blocks": blocks,
             "predicted": self.predicted,
         }
@@ -207,8 +209,12 @@ def plan_from_json(data: Any, trunk: Trunk, devices: list[str], source: str = "p
     predicted = data.get("predicted") or {}
     if not isinstance(predicted, dict):
         raise fail("predicted", "must be an object or null")
+    exchange = data.get("exchange", "direct")
+    if exchange not in ("direct", "host"):
+        raise fail("exchange", f"is {exchange!r}; use \"direct\" (device to device) or \"host\"")
     return Plan(
-        str(data.get("strategy", "manual")), trunk.model.sha256, shapes, tuple(blocks), predicted
+        str(data.get("strategy", "manual")), trunk.model.sha256, shapes, tuple(blocks), predicted,
+        exchange,
     )
 
 

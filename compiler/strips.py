@@ -101,3 +101,14 @@ def strip_rows(trunk: Trunk, io: BlockIO, owned: dict[str, Rows]) -> StripRows:
         outputs={t: r for t, r in outputs.items() if owned[t][0] < owned[t][1]},
         owned={t: r for t, r in owned.items() if r[0] < r[1]},
     )
+
+
+def strip_macs(trunk: Trunk, io: BlockIO, rows: StripRows) -> int:
+    """Multiply-accumulates of one strip: each layer's share of its rows, halo included."""
+    total = 0
+    for layer in io.layers(trunk):
+        out = rows.layer_rows.get(layer.position)
+        if out is not None:
+            produced = layer.rows_produced(out)
+            total += layer.macs * (produced[1] - produced[0]) // trunk.tensors[layer.outputs[0]].rows
+    return total

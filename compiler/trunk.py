@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cached_property, lru_cache
 
 import numpy as np
 import onnx
@@ -44,7 +45,12 @@ class TensorInfo:
 
     @property
     def dtype(self) -> str:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type)).name
+        return _dtype_name(self.elem_type)
+
+
+@lru_cache(maxsize=None)
+def _dtype_name(elem_type: int) -> str:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +107,26 @@ class Trunk:
     @property
     def macs(self) -> int:
         return sum(layer.macs for layer in self.layers)
+
+    @cached_property
+    def tail_macs(self) -> int:
+        """Rough multiply-accumulates of the tail (matrix products and convolutions dominate)."""
+        shapes = tensor_shapes(self.model.proto)
+        total = 0
+        for node in self.tail:
+            out = shapes.get(node.output[0], (None, 0))[0] if node.output else None
+            if not out:
+                continue
+            elems = int(np.prod(out))
+            weight = shapes.get(node.input[1], (None, 0))[0] if len(node.input) > 1 else None
+            if node.op_type == "Conv" and weight:
+                total += elems * int(np.prod(weight[1:]))
+            elif node.op_type in ("Gemm", "MatMul") and weight and len(weight) == 2:
+                transposed = node.op_type == "Gemm" and _attr(node, "transB", 0)
+                total += elems * weight[1 if transposed else 0]
+            else:
+                total += elems
+        return total
 
     def producer(self, tensor: str) -> Layer | None:
         return self._producers.get(tensor)

@@ -81,7 +81,7 @@ def _write(trunk: Trunk, plan: Plan, cluster: Cluster, root: Path):
     host = cluster.host.name
     layout = reference_layout(trunk)
     tail = tail_model(trunk, layout)
-    schedule = build_schedule(trunk, plan, list(cluster.names), host, tail)
+    schedule = build_schedule(trunk, plan, list(cluster.names), host)
     artifacts: dict[str, str] = {}
 
     def put(rel: str, data: bytes, executable: bool = False) -> None:

@@ -8,15 +8,16 @@ device can wait on another that waits on it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
-import onnx
 
+from halpc.emit.subgraph import tail_io
 from halpc.plan import Plan
 from halpc.rows import Rows, intersect, subtract
-from halpc.strips import BlockIO, StripRows, block_io, output_partitions, strip_rows
+from halpc.strips import BlockIO, StripRows, block_io, output_partitions, strip_macs, strip_rows
 from halpc.trunk import Trunk
 
 Step = dict[str, Any]
@@ -29,10 +30,15 @@ class StripJob:
     device: str
     io: BlockIO
     rows: StripRows
+    trunk: Trunk = field(repr=False, compare=False)
 
     @property
     def file(self) -> str:
         return f"block{self.block:02d}_strip{self.index}.onnx"
+
+    @cached_property
+    def macs(self) -> int:
+        return strip_macs(self.trunk, self.io, self.rows)
 
 
 @dataclass(frozen=True)
@@ -49,58 +55,76 @@ def strip_jobs(trunk: Trunk, plan: Plan) -> list[StripJob]:
         partitions = output_partitions(trunk, io, block.boundaries)
         for j, strip in enumerate(block.strips):
             owned = {t: (bounds[j], bounds[j + 1]) for t, bounds in partitions.items()}
-            jobs.append(StripJob(k, j, strip.device, io, strip_rows(trunk, io, owned)))
+            jobs.append(StripJob(k, j, strip.device, io, strip_rows(trunk, io, owned), trunk))
     return jobs
 
 
-def build_schedule(
-    trunk: Trunk, plan: Plan, devices: list[str], host: str, tail: onnx.ModelProto | None
-) -> Schedule:
-    jobs = strip_jobs(trunk, plan)
-    holdings: dict[str, dict[str, list[Rows]]] = {d: {} for d in devices}
-    owners: dict[str, list[tuple[str, Rows]]] = {}
-    full_input = (0, trunk.tensors[trunk.input].rows)
-    holdings[host][trunk.input] = [full_input]
-    owners[trunk.input] = [(host, full_input)]
-    programs: dict[str, list[Step]] = {d: [] for d in devices}
-    traffic: dict[tuple[str, str], int] = {}
-    exit_recvs: list[Step] = []
-    exits = set(trunk.exits)
+class Scheduler:
+    """Builds the programs block by block, tracking who holds and who owns which rows.
 
-    for k in range(len(plan.blocks)):
+    `gather` routes every block's output through the host (MoDNN's layer-wise scheme): the
+    host collects the whole feature map and hands out what the next block needs.
+    """
+
+    def __init__(self, trunk: Trunk, devices: list[str], host: str, gather: bool = False) -> None:
+        self.trunk, self.devices, self.host, self.gather = trunk, devices, host, gather
+        full_input = (0, trunk.tensors[trunk.input].rows)
+        self.holdings: dict[str, dict[str, list[Rows]]] = {d: {} for d in devices}
+        self.holdings[host][trunk.input] = [full_input]
+        self.owners: dict[str, list[tuple[str, Rows]]] = {trunk.input: [(host, full_input)]}
+        self.traffic: dict[tuple[str, str], int] = {}
+        self.exits = set(trunk.exits)
+
+    def _message(self, sender: str, receiver: str, tensor: str, rows: Rows,
+                 sends: dict[str, list[Step]], recvs: dict[str, list[Step]]) -> None:
+        sends[sender].append({"op": "send", "tensor": tensor, "rows": list(rows), "to": receiver})
+        recvs[receiver].append({"op": "recv", "tensor": tensor, "rows": list(rows), "from": sender})
+        info = self.trunk.tensors[tensor]
+        row_bytes = int(np.prod([d for a, d in enumerate(info.shape) if a != info.row_axis]))
+        size = (rows[1] - rows[0]) * row_bytes * np.dtype(info.dtype).itemsize
+        self.traffic[(sender, receiver)] = self.traffic.get((sender, receiver), 0) + size
+
+    def add_block(
+        self, k: int, jobs: list[StripJob], inputs_held: bool = False
+    ) -> tuple[dict[str, list[Step]], list[Step]]:
+        """One block's steps per device, and the host's receives of its exits (to place later).
+
+        `inputs_held` starts mid-model (the planner costing one block after another): every
+        strip is taken to hold its inputs already.
+        """
+        devices, host = self.devices, self.host
         sends: dict[str, list[Step]] = {d: [] for d in devices}
         recvs: dict[str, list[Step]] = {d: [] for d in devices}
         runs: dict[str, list[Step]] = {d: [] for d in devices}
-        exit_sends: dict[str, list[Step]] = {d: [] for d in devices}
+        after: dict[str, list[Step]] = {d: [] for d in devices}  # exit and gather sends
+        exit_recvs: dict[str, list[Step]] = {d: [] for d in devices}
+        gather_recvs: dict[str, list[Step]] = {d: [] for d in devices}
         new_owners: dict[str, list[tuple[str, Rows]]] = {}
-        for job in (j for j in jobs if j.block == k):
+        for job in jobs:
             device = job.device
-            held = holdings[device]
+            held = self.holdings[device]
             for tensor, need in job.rows.inputs.items():
+                if inputs_held:
+                    held.setdefault(tensor, []).append(need)
+                    continue
                 missing = [need]
                 for have in held.get(tensor, []):
                     missing = [part for m in missing for part in subtract(m, have)]
                 for gap in missing:
                     covered = 0
-                    for owner, owned in owners[tensor]:
+                    for owner, owned in self.owners[tensor]:
                         piece = intersect(gap, owned)
-                        if piece is None:
-                            continue
-                        covered += piece[1] - piece[0]
-                        sends[owner].append(
-                            {"op": "send", "tensor": tensor, "rows": list(piece), "to": device}
-                        )
-                        recvs[device].append(
-                            {"op": "recv", "tensor": tensor, "rows": list(piece), "from": owner}
-                        )
-                        held.setdefault(tensor, []).append(piece)
-                        _count(traffic, trunk, owner, device, tensor, piece)
+                        if piece is not None:
+                            covered += piece[1] - piece[0]
+                            self._message(owner, device, tensor, piece, sends, recvs)
+                            held.setdefault(tensor, []).append(piece)
                     assert covered == gap[1] - gap[0], f"no owner for {tensor} rows {gap}"
             runs[device].append(
                 {
                     "op": "run",
                     "block": k,
                     "model": job.file,
+                    "macs": job.macs,
                     "inputs": {t: list(r) for t, r in job.rows.inputs.items()},
                     "outputs": {t: list(r) for t, r in job.rows.outputs.items()},
                 }
@@ -109,38 +133,54 @@ def build_schedule(
                 held.setdefault(tensor, []).append(rows)
                 owned = job.rows.owned[tensor]
                 new_owners.setdefault(tensor, []).append((device, owned))
-                if tensor in exits and device != host:
-                    exit_sends[device].append(
-                        {"op": "send", "tensor": tensor, "rows": list(owned), "to": host}
-                    )
-                    exit_recvs.append(
-                        {"op": "recv", "tensor": tensor, "rows": list(owned), "from": device}
-                    )
-                    _count(traffic, trunk, device, host, tensor, owned)
-        owners.update(new_owners)
+                if device == host:
+                    continue
+                if tensor in self.exits:
+                    self._message(device, host, tensor, owned, after, exit_recvs)
+                elif self.gather:
+                    self._message(device, host, tensor, owned, after, gather_recvs)
+        for tensor, parts in new_owners.items():
+            if self.gather and tensor not in self.exits:
+                whole = (0, self.trunk.tensors[tensor].rows)
+                self.holdings[host].setdefault(tensor, []).append(whole)
+                parts = [(host, whole)]
+            self.owners[tensor] = parts
+        programs = {
+            d: sends[d] + recvs[d] + runs[d] + after[d] + gather_recvs[d] for d in devices
+        }
+        return programs, exit_recvs[host]
+
+    def finish(self) -> list[Step]:
+        """The host's last steps: the tail on whole tensors, then the graph outputs."""
+        steps: list[Step] = []
+        tail = tail_io(self.trunk)
+        if tail is not None:
+            inits = {init.name for init in self.trunk.model.graph.initializer}
+            steps.append(
+                {
+                    "op": "tail",
+                    "model": "tail.onnx",
+                    "macs": self.trunk.tail_macs,
+                    "inputs": [t for t in tail[0] if t not in inits],
+                    "outputs": tail[1],
+                }
+            )
+        outputs = [o.name for o in self.trunk.model.graph.output]
+        return steps + [{"op": "output", "tensors": outputs}]
+
+
+def build_schedule(trunk: Trunk, plan: Plan, devices: list[str], host: str) -> Schedule:
+    jobs = strip_jobs(trunk, plan)
+    scheduler = Scheduler(trunk, devices, host, gather=plan.exchange == "host")
+    programs: dict[str, list[Step]] = {d: [] for d in devices}
+    exit_recvs: list[Step] = []
+    for k in range(len(plan.blocks)):
+        steps, exits = scheduler.add_block(k, [j for j in jobs if j.block == k])
         for d in devices:
-            programs[d] += sends[d] + recvs[d] + runs[d] + exit_sends[d]
-
-    programs[host] += exit_recvs
-    if tail is not None:
-        programs[host].append(
-            {
-                "op": "tail",
-                "model": "tail.onnx",
-                "inputs": [i.name for i in tail.graph.input],
-                "outputs": [o.name for o in tail.graph.output],
-            }
-        )
-    programs[host].append({"op": "output", "tensors": [o.name for o in trunk.model.graph.output]})
-    return Schedule(tuple(jobs), programs, traffic)
+            programs[d] += steps[d]
+        exit_recvs += exits
+    # Exits are collected last: the host must not wait for them before its next block.
+    programs[host] += exit_recvs + scheduler.finish()
+    return Schedule(tuple(jobs), programs, scheduler.traffic)
 
 
-def _count(traffic, trunk: Trunk, sender: str, receiver: str, tensor: str, rows: Rows) -> None:
-    info = trunk.tensors[tensor]
-    row_bytes = 1
-    for axis, dim in enumerate(info.shape):
-        if axis != info.row_axis:
-            row_bytes *= dim
-    row_bytes *= np.dtype(info.dtype).itemsize
-    key = (sender, receiver)
-    traffic[key] = traffic.get(key, 0) + (rows[1] - rows[0]) * row_bytes

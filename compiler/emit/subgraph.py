@@ -182,11 +182,27 @@ def _check_rows(trunk: Trunk, rows: StripRows, model: onnx.ModelProto, name: str
             raise CompilerBug(f"{name}: {tensor} has {got} rows, the plan needs {want}")
 
 
-def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
-    """The non-row-local rest of the model, run by the host on whole tensors; None if empty."""
-    source = trunk.model.proto
+def tail_io(trunk: Trunk) -> tuple[list[str], list[str]] | None:
+    """Names the tail reads (trunk exits, other graph inputs, weights) and the outputs it makes."""
     if not trunk.tail:
         return None
+    produced = {o for node in trunk.tail for o in node.output}
+    consumed: list[str] = []
+    for node in trunk.tail:
+        for t in node.input:
+            if t and t not in produced and t not in consumed:
+                consumed.append(t)
+    outputs = [o.name for o in trunk.model.graph.output if o.name in produced]
+    return consumed, outputs
+
+
+def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
+    """The non-row-local rest of the model, run by the host on whole tensors; None if empty."""
+    io = tail_io(trunk)
+    if io is None:
+        return None
+    consumed, output_names = io
+    source = trunk.model.proto
     nodes: list[onnx.NodeProto] = []
     anchor = _Anchors(nodes)
     opaque: set[str] = set()
@@ -198,26 +214,19 @@ def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
             elif t in trunk.tensors and layout.needs_opaque_input(original):
                 opaque.add(t)
         nodes.append(node)
-    produced = {o for node in trunk.tail for o in node.output}
     inits = {init.name: init for init in source.graph.initializer}
     graph_inputs = {i.name: i for i in source.graph.input}
-    consumed: list[str] = []
-    for node in trunk.tail:
-        for t in node.input:
-            if t and t not in produced and t not in consumed:
-                consumed.append(t)
     inputs = []
     for t in consumed:
         if t in trunk.tensors:
             inputs.append(_graph_input(t, trunk.tensors[t], None, t in opaque))
         elif t in graph_inputs:
             inputs.append(graph_inputs[t])
-    outputs = [o for o in source.graph.output if o.name in produced]
     graph = helper.make_graph(
         nodes,
         "tail",
         inputs,
-        outputs,
+        [o for o in source.graph.output if o.name in output_names],
         initializer=[inits[t] for t in consumed if t in inits],
     )
     model = helper.make_model(graph, opset_imports=list(source.opset_import), producer_name="halpc")
