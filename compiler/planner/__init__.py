@@ -1,0 +1,132 @@
+"""Planning strategies, all costed by one model (`cost`), and the predicted timeline of a plan.
+
+- local: the host runs everything.
+- even: a block at every cut point, equal rows per device (a reference point, no cost model).
+- modnn: layer-wise (MoDNN): a block at every cut point, rows by device speed, and every
+  block's output gathered by the host, which hands out what the next block needs.
+- ftp: DeepThings' fused tile partitioning: one fused block of the first layers in equal
+  strips (the depth that the cost model likes best), the host runs the rest.
+- dpfp: dynamic programming over block boundaries, balanced contiguous strips, rows exchanged
+  device to device between blocks.
+- halp: the same DP with host-assisted strips (see `shares.halp`).
+- exhaustive: every set of cut points, with dpfp's and halp's strips: the oracle for both.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from halpc.cluster import Cluster
+from halpc.emit.schedule import build_schedule
+from halpc.errors import HalpcError
+from halpc.plan import BlockPlan, Plan, Strip, even_plan
+from halpc.planner import shares
+from halpc.planner.cost import Prediction, simulate
+from halpc.planner.search import Context, best_blocks, exhaustive_blocks, plan_cost
+from halpc.trunk import Trunk
+
+STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
+DEFAULT = "best"
+
+
+def device_speeds(cluster: Cluster) -> dict[str, float]:
+    """GMAC/s per device, from the cluster file or the device's measured profile."""
+    speeds = {}
+    for device in cluster.devices:
+        if device.gmacs is not None:
+            speeds[device.name] = device.gmacs
+            continue
+        try:
+            speeds[device.name] = float(json.loads(Path(device.profile).read_text())["gmacs"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HalpcError(
+                f"{device.profile}: device {device.name!r}'s profile has no readable gmacs ({exc}); "
+                "measure it again with `halpc profile`"
+            ) from None
+    return speeds
+
+
+def context(trunk: Trunk, cluster: Cluster) -> Context:
+    return Context(trunk, cluster, device_speeds(cluster))
+
+
+def predict(ctx: Context, plan: Plan) -> Prediction:
+    host = ctx.cluster.host.name
+    schedule = build_schedule(ctx.trunk, plan, list(ctx.cluster.names), host)
+    return simulate(schedule.programs, host, ctx.compute_seconds, ctx.transfer, ctx.tensor_specs)
+
+
+def make_plan(ctx: Context, strategy: str) -> Plan:
+    trunk = ctx.trunk
+    end = len(trunk.layers)
+    host = ctx.cluster.host.name
+    objective = None
+    exchange = "direct"
+    if strategy == "local":
+        from halpc.strips import block_io
+
+        rows = trunk.tensors[block_io(trunk, 0, end).reference].rows
+        blocks = [BlockPlan(0, end, (Strip(host, (0, rows)),))]
+    elif strategy == "even":
+        blocks = list(even_plan(trunk, list(ctx.cluster.names)).blocks)
+    elif strategy == "modnn":
+        positions = ctx.positions
+        blocks = [BlockPlan(a, b, shares.contiguous(ctx, a, b, balance=False))
+                  for a, b in zip(positions, positions[1:])]
+        exchange = "host"
+    elif strategy == "ftp":
+        blocks = _ftp(ctx)
+    elif strategy in ("dpfp", "halp"):
+        blocks, objective = best_blocks(ctx, _layouts(ctx, strategy))
+    elif strategy == "exhaustive":
+        blocks, objective = exhaustive_blocks(ctx, _layouts(ctx, "halp"))
+    else:
+        raise HalpcError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    plan = Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), tuple(blocks),
+                exchange=exchange)
+    prediction = predict(ctx, plan)
+    predicted = {"latency_ms": round(prediction.latency_s * 1e3, 3)}
+    if objective is not None:
+        predicted["objective_ms"] = round(objective * 1e3, 3)
+    return Plan(plan.strategy, plan.model_sha256, plan.input_shapes, plan.blocks, predicted,
+                exchange)
+
+
+def _layouts(ctx: Context, strategy: str):
+    """dpfp: balanced contiguous strips. halp: host-assisted strips, or contiguous ones where
+    those are better for a block (so halp is never worse than dpfp under the cost model)."""
+    choosers = [shares.contiguous] + ([shares.halp] if strategy == "halp" else [])
+    return [lru_cache(maxsize=None)(lambda a, b, f=f: f(ctx, a, b)) for f in choosers]
+
+
+def _ftp(ctx: Context) -> list[BlockPlan]:
+    """One fused block of the first layers in equal strips; the host runs the rest alone."""
+    from halpc.strips import block_io
+
+    trunk = ctx.trunk
+    end = len(trunk.layers)
+    host = ctx.cluster.host.name
+    best = None
+    for cut in ctx.positions[1:]:
+        fused = BlockPlan(0, cut, shares.contiguous(ctx, 0, cut, balance=False))
+        blocks = [fused]
+        if cut < end:
+            rows = trunk.tensors[block_io(trunk, cut, end).reference].rows
+            blocks.append(BlockPlan(cut, end, (Strip(host, (0, rows)),)))
+        cost = plan_cost(ctx, blocks)
+        if best is None or cost < best[0]:
+            best = (cost, blocks)
+    assert best is not None
+    return best[1]
+
+
+def compare(ctx: Context, strategies: tuple[str, ...] | None = None) -> dict[str, Plan]:
+    """Plans of several strategies; exhaustive only where the model is small enough."""
+    names = strategies or tuple(s for s in STRATEGIES if s != "exhaustive")
+    return {name: make_plan(ctx, name) for name in names}
+
+
+def best_plan(ctx: Context) -> Plan:
+    plans = compare(ctx)
+    return min(plans.values(), key=lambda p: p.predicted["latency_ms"])

@@ -1,0 +1,108 @@
+"""Predicted time of a schedule: every device's program played out on a model of the cluster.
+
+The programs are the ones `halpc compile` writes into the manifest and the devices run, so the
+prediction is of exactly what will execute. The model:
+
+- a `run` step takes the strip's multiply-accumulates divided by the device's GMAC/s;
+- a `send` leaves at once (the device goes on with its program) but occupies the sender's link:
+  one device's sends go out one after the other, each taking bytes / bandwidth, and arrive one
+  link latency after they are sent;
+- a `recv` waits until its message has arrived;
+- the task ends when the host has run the tail and has every output.
+
+Small enough to check by hand; tests do exactly that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from halpc.cluster import Cluster
+
+Step = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    device: str
+    kind: str  # "compute" | "send" | "wait"
+    start: float  # seconds from the start of the task
+    end: float
+    label: str
+    peer: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    latency_s: float  # until the host has every output
+    makespan_s: float  # until the last device is done
+    events: tuple[Event, ...] = field(default=())
+
+    def busy(self, device: str, kind: str = "compute") -> float:
+        return sum(e.end - e.start for e in self.events if e.device == device and e.kind == kind)
+
+
+def message_bytes(tensors: dict[str, dict[str, Any]], tensor: str, rows: list[int]) -> int:
+    spec = tensors[tensor]
+    per_row = int(np.prod([d for a, d in enumerate(spec["shape"]) if a != spec["row_axis"]]))
+    return per_row * np.dtype(spec["dtype"]).itemsize * (rows[1] - rows[0])
+
+
+def simulate(
+    programs: dict[str, list[Step]],
+    host: str,
+    compute_seconds: Callable[[str, Step], float],
+    transfer: Callable[[str, str, int], tuple[float, float]],
+    tensors: dict[str, dict[str, Any]],
+) -> Prediction:
+    """Play the programs out. `transfer(sender, receiver, bytes)` gives (link busy s, latency s)."""
+    pc = {d: 0 for d in programs}
+    clock = {d: 0.0 for d in programs}
+    link_free = {d: 0.0 for d in programs}
+    arrivals: dict[tuple[str, str, str, tuple[int, int]], float] = {}
+    events: list[Event] = []
+    pending = set(programs)
+    while pending:
+        progressed = False
+        for device in sorted(pending):
+            program = programs[device]
+            while pc[device] < len(program):
+                step = program[pc[device]]
+                op = step["op"]
+                if op == "send":
+                    size = message_bytes(tensors, step["tensor"], step["rows"])
+                    busy, latency = transfer(device, step["to"], size)
+                    start = max(clock[device], link_free[device])
+                    link_free[device] = start + busy
+                    key = (device, step["to"], step["tensor"], tuple(step["rows"]))
+                    arrivals[key] = start + busy + latency
+                    events.append(Event(device, "send", start, start + busy, step["tensor"], step["to"]))
+                elif op == "recv":
+                    key = (step["from"], device, step["tensor"], tuple(step["rows"]))
+                    if key not in arrivals:
+                        break  # its sender has not got there yet
+                    if arrivals[key] > clock[device]:
+                        events.append(Event(device, "wait", clock[device], arrivals[key], step["tensor"], step["from"]))
+                        clock[device] = arrivals[key]
+                elif op in ("run", "tail"):
+                    seconds = compute_seconds(device, step)
+                    label = step["model"]
+                    events.append(Event(device, "compute", clock[device], clock[device] + seconds, label))
+                    clock[device] += seconds
+                pc[device] += 1
+                progressed = True
+            if pc[device] == len(program):
+                pending.discard(device)
+        if pending and not progressed:
+            raise AssertionError(f"schedule deadlock in the cost model: {sorted(pending)}")
+    return Prediction(clock[host], max(clock.values()), tuple(events))
+
+
+def cluster_transfer(cluster: Cluster) -> Callable[[str, str, int], tuple[float, float]]:
+    def transfer(sender: str, receiver: str, size: int) -> tuple[float, float]:
+        link = cluster.link(sender, receiver)
+        return size * 8 / (link.bandwidth_mbps * 1e6), link.latency_ms / 1e3
+
+    return transfer

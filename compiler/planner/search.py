@@ -1,0 +1,156 @@
+"""Choosing blocks: dynamic programming over cut points, and the exhaustive oracle that checks it.
+
+The planning objective is additive over blocks: a block's cost is the time its own steps take
+when every device starts it together, given who holds which rows after the block before it
+(that decides what must be exchanged). Strip layouts are a function of the block alone, so the
+state of the DP is the pair (previous block, this boundary) and the DP is exact for this
+objective: `exhaustive` enumerates every set of cut points with the same costs and must agree.
+The full timeline of the chosen plan, with overlap across blocks, is predicted by `cost.simulate`.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+from halpc.cluster import Cluster
+from halpc.emit.schedule import Scheduler, StripJob
+from halpc.errors import HalpcError
+from halpc.plan import BlockPlan, Strip
+from halpc.planner.cost import cluster_transfer, simulate
+from halpc.strips import block_io, output_partitions, strip_rows
+from halpc.trunk import Trunk
+
+Layout = Callable[[int, int], tuple[Strip, ...]]  # (start, stop) -> strips of that block
+EXHAUSTIVE_LIMIT = 16
+
+
+@dataclass
+class Context:
+    """A model, a cluster and caches shared by every strategy planned for them."""
+
+    trunk: Trunk
+    cluster: Cluster
+    speeds: dict[str, float]  # GMAC/s
+    _jobs: dict = field(default_factory=dict)
+    _costs: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # for layout choosers
+
+    def __post_init__(self) -> None:
+        self.tensor_specs = tensor_specs(self.trunk)
+        self.transfer = cluster_transfer(self.cluster)
+
+    @property
+    def positions(self) -> list[int]:
+        return [0] + [c.position for c in self.trunk.cuts] + [len(self.trunk.layers)]
+
+    def jobs(self, start: int, stop: int, strips: tuple[Strip, ...]) -> list[StripJob]:
+        """The block's strip jobs (numbered as block 0: costing does not need the position)."""
+        key = (start, stop, strips)
+        if key not in self._jobs:
+            io = block_io(self.trunk, start, stop)
+            bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
+            parts = output_partitions(self.trunk, io, bounds)
+            self._jobs[key] = [
+                StripJob(0, j, s.device, io,
+                         strip_rows(self.trunk, io, {t: (b[j], b[j + 1]) for t, b in parts.items()}),
+                         self.trunk)
+                for j, s in enumerate(strips)
+            ]
+        return self._jobs[key]
+
+    def compute_seconds(self, device: str, step: dict) -> float:
+        return step["macs"] / (self.speeds[device] * 1e9)
+
+    def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
+        """Seconds from all devices starting `block` to the last of them finishing it."""
+        key = (prev, block, gather)
+        if key not in self._costs:
+            names = list(self.cluster.names)
+            host = self.cluster.host.name
+            scheduler = Scheduler(self.trunk, names, host, gather)
+            if prev is not None:
+                scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)
+            programs, exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips))
+            programs[host] = programs[host] + exit_recvs
+            if block.stop == len(self.trunk.layers):
+                programs[host] += scheduler.finish()
+            prediction = simulate(
+                programs, host, self.compute_seconds, self.transfer, self.tensor_specs
+            )
+            self._costs[key] = prediction.makespan_s
+        return self._costs[key]
+
+
+def tensor_specs(trunk: Trunk) -> dict[str, dict]:
+    return {
+        t: {"shape": list(i.shape), "dtype": i.dtype, "row_axis": i.row_axis}
+        for t, i in trunk.tensors.items()
+    }
+
+
+def plan_cost(ctx: Context, blocks: list[BlockPlan], gather: bool = False) -> float:
+    total, prev = 0.0, None
+    for block in blocks:
+        total += ctx.block_cost(prev, block, gather)
+        prev = block
+    return total
+
+
+def best_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], float]:
+    """Dynamic programming over block boundaries and each block's layout: table, then backtrack.
+
+    A table entry is keyed by the last block (start, stop, layout index) and holds the best
+    cost of blocks covering [0, stop) that end with it, and the entry before it.
+    """
+    positions = ctx.positions
+    end = positions[-1]
+    options = range(len(layouts))
+    table: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
+    for stop in positions[1:]:
+        for o in options:
+            table[(0, stop, o)] = (ctx.block_cost(None, _block(layouts, 0, stop, o)), None)
+    for i, start in enumerate(positions[1:-1], start=1):
+        entering = [k for k in table if k[1] == start]
+        for stop in positions[i + 1 :]:
+            for o in options:
+                block = _block(layouts, start, stop, o)
+                best = None
+                for prev in entering:
+                    cost = table[prev][0] + ctx.block_cost(_block(layouts, *prev), block)
+                    if best is None or cost < best[0]:
+                        best = (cost, prev)
+                if best is not None:
+                    table[(start, stop, o)] = best
+    cost, key = min((table[k][0], k) for k in table if k[1] == end)
+    blocks = []
+    while key is not None:
+        blocks.append(_block(layouts, *key))
+        key = table[key][1]
+    return blocks[::-1], cost
+
+
+def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], float]:
+    """Every set of cut points and every layout of each block, costed as the DP costs them."""
+    cuts = ctx.positions[1:-1]
+    if len(cuts) > EXHAUSTIVE_LIMIT:
+        raise HalpcError(
+            f"--strategy exhaustive tries 2^{len(cuts)} block partitions; it is for models with "
+            f"at most {EXHAUSTIVE_LIMIT} cut points (use dpfp or halp, which it proves optimal)"
+        )
+    best: tuple[float, list[BlockPlan]] | None = None
+    for count in range(len(cuts) + 1):
+        for chosen in itertools.combinations(cuts, count):
+            bounds = [0, *chosen, ctx.positions[-1]]
+            spans = list(zip(bounds, bounds[1:]))
+            for choice in itertools.product(range(len(layouts)), repeat=len(spans)):
+                blocks = [_block(layouts, a, b, o) for (a, b), o in zip(spans, choice)]
+                cost = plan_cost(ctx, blocks)
+                if best is None or cost < best[0]:
+                    best = (cost, blocks)
+    assert best is not None
+    return best[1], best[0]
+
+
+def _block(layouts: list[Layout], start: int, stop: int, option: int) -> BlockPlan:
+    return BlockPlan(start, stop, layouts[option](start, stop))
