@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from halpc.compile import STRATEGIES
+from halpc.planner import STRATEGIES
 from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
 
@@ -64,8 +64,9 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
               help="TOML file describing the devices and links.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Bundle folder to write (replaced if it is an old bundle).")
-@click.option("--strategy", default="even", show_default=True, type=click.Choice(STRATEGIES),
-              help="How to plan the split.")
+@click.option("--strategy", default="best", show_default=True,
+              type=click.Choice(("best", *STRATEGIES)),
+              help="How to plan the split; best = the lowest predicted latency.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
               help="Compile this plan JSON (e.g. a hand-edited plan.json) instead of planning.")
 @_input_shape
@@ -81,6 +82,41 @@ def compile(model: str, cluster_file: str, output: str, strategy: str, plan_file
         model, cluster_file, output, strategy, plan_file, parse_input_shapes(input_shapes)
     )
     click.echo(bundle_summary(result, time.perf_counter() - started))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
+              help="TOML file describing the devices and links.")
+@click.option("--strategy", default="all", show_default=True,
+              type=click.Choice(("all", *STRATEGIES)), help="Strategy to plan, or all of them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plans as JSON.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write an HTML page with each plan's predicted timeline.")
+@_input_shape
+def plan(model: str, cluster_file: str, strategy: str, as_json: bool, report: str | None,
+         input_shapes: tuple[str, ...]) -> None:
+    """Compare planning strategies: predicted latency, speedup over local, blocks and shares."""
+    import json
+
+    from halpc.cluster import load_cluster
+    from halpc.planner import compare, context
+    from halpc.report import plans_json, plans_table
+
+    trunk = _load(model, input_shapes)
+    ctx = context(trunk, load_cluster(cluster_file))
+    names = None if strategy == "all" else tuple(dict.fromkeys(("local", strategy)))
+    if strategy == "all" and len(trunk.cuts) <= 8:
+        names = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
+    plans = compare(ctx, names)
+    if report:
+        from halpc.html import write_plan_report
+
+        write_plan_report(report, ctx, plans)
+    if as_json:
+        click.echo(json.dumps(plans_json(trunk, plans), indent=1))
+    else:
+        click.echo(plans_table(trunk, plans))
 
 
 @main.command()

@@ -7,10 +7,9 @@ from pathlib import Path
 from halpc.cluster import Cluster, load_cluster
 from halpc.emit.bundle import BundleSummary, check_destination, write_bundle
 from halpc.model import Shape, load_model
-from halpc.plan import Plan, even_plan, load_plan
+from halpc.plan import Plan, load_plan
+from halpc.planner import best_plan, context, make_plan
 from halpc.trunk import Trunk, analyse
-
-STRATEGIES = ("even",)
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ def compile_bundle(
     model: str | Path,
     cluster: str | Path | Cluster,
     out: str | Path,
-    strategy: str = "even",
+    strategy: str = "best",
     plan: str | Path | Plan | None = None,
     input_shapes: dict[str, Shape] | None = None,
 ) -> Compiled:
@@ -38,7 +37,8 @@ def compile_bundle(
         chosen = plan
     elif plan is not None:
         chosen = load_plan(plan, trunk, names)
+    elif strategy == "best":
+        chosen = best_plan(context(trunk, cluster))
     else:
-        assert strategy in STRATEGIES, strategy
-        chosen = even_plan(trunk, names)
+        chosen = make_plan(context(trunk, cluster), strategy)
     return Compiled(trunk, chosen, cluster, write_bundle(trunk, chosen, cluster, out))

@@ -102,3 +102,54 @@ def verify_table(checks: Sequence[OutputCheck]) -> str:
     exact = sum(c.exact for c in checks)
     verdict = "bit-exact" if exact == len(checks) else "NOT bit-exact"
     return table(("input", "output", "shape", "result"), rows) + f"\n{exact}/{len(checks)} outputs exact: {verdict}"
+
+
+def _speedups(plans: dict) -> dict[str, float]:
+    local = plans["local"].predicted["latency_ms"] if "local" in plans else None
+    return {
+        name: (local / p.predicted["latency_ms"] if local else float("nan"))
+        for name, p in plans.items()
+    }
+
+
+def _shares(plan) -> str:
+    """The first block's strips, as rows per device: enough to see how the work is split."""
+    parts = [f"{s.device}:{s.rows[1] - s.rows[0]}" for s in plan.blocks[0].strips]
+    more = f" (+{len(plan.blocks) - 1} blocks)" if len(plan.blocks) > 1 else ""
+    return " ".join(parts) + more
+
+
+def plans_table(trunk: Trunk, plans: dict) -> str:
+    speedup = _speedups(plans)
+    rows = [
+        (
+            name,
+            f"{p.predicted['latency_ms']:.1f}",
+            f"{speedup[name]:.2f}x",
+            len(p.blocks),
+            "host" if p.exchange == "host" else "direct",
+            _shares(p),
+        )
+        for name, p in plans.items()
+    ]
+    best = min(plans, key=lambda n: plans[n].predicted["latency_ms"])
+    return (
+        table(("strategy", "latency ms", "speedup", "blocks", "exchange", "first block rows"),
+              rows, right={1, 2, 3})
+        + f"\nbest: {best}"
+    )
+
+
+def plans_json(trunk: Trunk, plans: dict) -> dict:
+    speedup = _speedups(plans)
+    return {
+        "strategies": {
+            name: {
+                "latency_ms": p.predicted["latency_ms"],
+                "speedup": round(speedup[name], 4),
+                "blocks": len(p.blocks),
+                "plan": p.to_json(trunk),
+            }
+            for name, p in plans.items()
+        }
+    }

@@ -39,8 +39,9 @@ def compile_and_verify(
     plan: Plan | None = None,
     input_shapes: dict | None = None,
     seeds: int = 1,
+    strategy: str = "even",
 ) -> list:
-    compile_bundle(path, local_cluster(devices), out, plan=plan, input_shapes=input_shapes)
+    compile_bundle(path, local_cluster(devices), out, strategy, plan, input_shapes)
     return verify(out, seeds=seeds)
 
 

@@ -74,7 +74,7 @@ def test_nhwc_input_rows_are_axis_1(tmp_path) -> None:
 
 def test_plan_json_round_trip_and_hand_edit(vgg, tmp_path) -> None:
     out = tmp_path / "b"
-    compiled = compile_bundle(vgg, local_cluster(3), out)
+    compiled = compile_bundle(vgg, local_cluster(3), out, "even")
     data = json.loads((out / "plan.json").read_text())
     assert data["schema"] == "halpc-plan/1" and data["strategy"] == "even"
     assert data["blocks"][0]["from"] == "input" and data["blocks"][-1]["to"] is None
@@ -101,7 +101,7 @@ def test_plan_json_round_trip_and_hand_edit(vgg, tmp_path) -> None:
 
 def test_bundle_layout_manifest_and_weights(vgg, tmp_path) -> None:
     out = tmp_path / "b"
-    compiled = compile_bundle(vgg, local_cluster(3), out)
+    compiled = compile_bundle(vgg, local_cluster(3), out, "even")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "halpc-bundle/1"
     for device in ("host", "dev-1", "dev-2"):

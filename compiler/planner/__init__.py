@@ -94,9 +94,10 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
 
 
 def _layouts(ctx: Context, strategy: str):
-    """dpfp: balanced contiguous strips. halp: host-assisted strips, or contiguous ones where
-    those are better for a block (so halp is never worse than dpfp under the cost model)."""
-    choosers = [shares.contiguous] + ([shares.halp] if strategy == "halp" else [])
+    """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
+    worse than local); halp may also choose host-assisted strips (so it is never worse than
+    dpfp). All under the cost model."""
+    choosers = [shares.host_only, shares.contiguous] + ([shares.halp] if strategy == "halp" else [])
     return [lru_cache(maxsize=None)(lambda a, b, f=f: f(ctx, a, b)) for f in choosers]
 
 

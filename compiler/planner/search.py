@@ -18,11 +18,12 @@ from halpc.emit.schedule import Scheduler, StripJob
 from halpc.errors import HalpcError
 from halpc.plan import BlockPlan, Strip
 from halpc.planner.cost import cluster_transfer, simulate
-from halpc.strips import block_io, output_partitions, strip_rows
+from halpc.strips import BlockIO, block_io, output_partitions, strip_rows
 from halpc.trunk import Trunk
 
 Layout = Callable[[int, int], tuple[Strip, ...]]  # (start, stop) -> strips of that block
-EXHAUSTIVE_LIMIT = 16
+EXHAUSTIVE_LIMIT = 300_000  # plans: (layouts + 1) ** cut points
+MAX_BLOCK_CUTS = 8  # a block spans at most this many cut points: deeper ones redo too much halo
 
 
 @dataclass
@@ -44,11 +45,17 @@ class Context:
     def positions(self) -> list[int]:
         return [0] + [c.position for c in self.trunk.cuts] + [len(self.trunk.layers)]
 
+    def io(self, start: int, stop: int) -> BlockIO:
+        key = ("io", start, stop)
+        if key not in self.memo:
+            self.memo[key] = block_io(self.trunk, start, stop)
+        return self.memo[key]
+
     def jobs(self, start: int, stop: int, strips: tuple[Strip, ...]) -> list[StripJob]:
         """The block's strip jobs (numbered as block 0: costing does not need the position)."""
         key = (start, stop, strips)
         if key not in self._jobs:
-            io = block_io(self.trunk, start, stop)
+            io = self.io(start, stop)
             bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
             parts = output_partitions(self.trunk, io, bounds)
             self._jobs[key] = [
@@ -63,8 +70,20 @@ class Context:
         return step["macs"] / (self.speeds[device] * 1e9)
 
     def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
-        """Seconds from all devices starting `block` to the last of them finishing it."""
-        key = (prev, block, gather)
+        """Seconds from all devices starting `block` to the last of them finishing it.
+
+        It depends on the block before only through who holds and owns the rows this block
+        reads, so blocks before that leave the same rows in the same places share one entry.
+        """
+        left = None
+        if prev is not None:
+            inputs = self.io(block.start, block.stop).inputs
+            left = tuple(
+                (job.device, job.rows.owned.get(t), job.rows.held.get(t))
+                for job in self.jobs(prev.start, prev.stop, prev.strips)
+                for t in inputs
+            )
+        key = (left, block, gather)
         if key not in self._costs:
             names = list(self.cluster.names)
             host = self.cluster.host.name
@@ -107,12 +126,12 @@ def best_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], f
     end = positions[-1]
     options = range(len(layouts))
     table: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
-    for stop in positions[1:]:
+    for stop in positions[1 : MAX_BLOCK_CUTS + 2]:
         for o in options:
             table[(0, stop, o)] = (ctx.block_cost(None, _block(layouts, 0, stop, o)), None)
     for i, start in enumerate(positions[1:-1], start=1):
         entering = [k for k in table if k[1] == start]
-        for stop in positions[i + 1 :]:
+        for stop in positions[i + 1 : i + MAX_BLOCK_CUTS + 2]:
             for o in options:
                 block = _block(layouts, start, stop, o)
                 best = None
@@ -133,16 +152,19 @@ def best_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], f
 def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], float]:
     """Every set of cut points and every layout of each block, costed as the DP costs them."""
     cuts = ctx.positions[1:-1]
-    if len(cuts) > EXHAUSTIVE_LIMIT:
+    if (len(layouts) + 1) ** len(cuts) > EXHAUSTIVE_LIMIT:
         raise HalpcError(
-            f"--strategy exhaustive tries 2^{len(cuts)} block partitions; it is for models with "
-            f"at most {EXHAUSTIVE_LIMIT} cut points (use dpfp or halp, which it proves optimal)"
+            f"--strategy exhaustive would try about {(len(layouts) + 1) ** len(cuts):.2g} plans "
+            f"for {len(cuts)} cut points; it is for small models (use dpfp or halp, which it "
+            "proves optimal)"
         )
     best: tuple[float, list[BlockPlan]] | None = None
     for count in range(len(cuts) + 1):
         for chosen in itertools.combinations(cuts, count):
             bounds = [0, *chosen, ctx.positions[-1]]
             spans = list(zip(bounds, bounds[1:]))
+            if any(_cuts_spanned(ctx, a, b) > MAX_BLOCK_CUTS for a, b in spans):
+                continue
             for choice in itertools.product(range(len(layouts)), repeat=len(spans)):
                 blocks = [_block(layouts, a, b, o) for (a, b), o in zip(spans, choice)]
                 cost = plan_cost(ctx, blocks)
@@ -150,6 +172,10 @@ def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPl
                     best = (cost, blocks)
     assert best is not None
     return best[1], best[0]
+
+
+def _cuts_spanned(ctx: Context, start: int, stop: int) -> int:
+    return sum(1 for p in ctx.positions if start < p < stop)
 
 
 def _block(layouts: list[Layout], start: int, stop: int, option: int) -> BlockPlan:

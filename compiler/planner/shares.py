@@ -1,5 +1,6 @@
 """How a block's rows are laid out over the devices.
 
+- `host_only`: the host computes the block alone.
 - `contiguous`: one strip per device in cluster order (host first), sized so that every
   device's compute, halo included, takes the same time at its speed. DPFP and the baselines.
 - `halp`: secondaries get strips whose input segments do not overlap (no halo is sent twice);
@@ -45,6 +46,12 @@ def _integer_sizes(weights: list[float], total: int) -> list[int]:
         i = max(range(len(sizes)), key=lambda k: raw[k] - sizes[k])
         sizes[i] += 1
     return sizes
+
+
+def host_only(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
+    """The host computes the whole block: right where the links are too slow to gain."""
+    rows = ctx.trunk.tensors[block_io(ctx.trunk, start, stop).reference].rows
+    return (Strip(ctx.cluster.host.name, (0, rows)),)
 
 
 def contiguous(ctx: Context, start: int, stop: int, devices: list[str] | None = None,

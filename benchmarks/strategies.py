@@ -1,0 +1,78 @@
+"""Predicted latency of every strategy, side by side: VGG-16 and MobileNet-V1 1.0 at 224x224,
+2/3/4 identical devices (8 GMAC/s), 10/50/100/1000 Mbit/s links (2 ms latency).
+
+Run: python benchmarks/strategies.py [--models vgg16,mobilenet_v1_100] [--devices 2,3,4]
+Prints, per model and device count, a table of speedup over `local` per bandwidth, then the
+physical bound: N devices, less the halo work the best plan cannot avoid (its total MACs over the
+cluster's total speed), and how long planning took.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "examples")]
+
+import models  # noqa: E402
+from halpc.cluster import parse_cluster  # noqa: E402
+from halpc.emit.schedule import build_schedule  # noqa: E402
+from halpc.model import load_model  # noqa: E402
+from halpc.planner import compare, context  # noqa: E402
+from halpc.trunk import analyse  # noqa: E402
+
+STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp")
+
+
+def cluster(devices: int, mbps: float, gmacs: float = 8.0):
+    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 2\n"
+    for i in range(devices):
+        name = "host" if i == 0 else f"dev-{i}"
+        text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = {gmacs}\n'
+        text += "host = true\n" if i == 0 else ""
+    return parse_cluster(text, source="bench")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="vgg16,mobilenet_v1_100")
+    parser.add_argument("--devices", default="2,3,4")
+    parser.add_argument("--bandwidths", default="10,50,100,1000")
+    args = parser.parse_args()
+    bandwidths = [float(b) for b in args.bandwidths.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(models.build(name, 224, 224), str(path))
+            trunk = analyse(load_model(path))
+            for devices in (int(d) for d in args.devices.split(",")):
+                print(f"\n{name}, {devices} devices x 8 GMAC/s: speedup over local (predicted ms)")
+                print(f"{'strategy':<9}" + "".join(f"{int(b):>18} Mb/s" for b in bandwidths))
+                results, bounds, planning = {}, [], []
+                for mbps in bandwidths:
+                    ctx = context(trunk, cluster(devices, mbps))
+                    started = time.perf_counter()
+                    plans = compare(ctx, STRATEGIES)
+                    planning.append(time.perf_counter() - started)
+                    local = plans["local"].predicted["latency_ms"]
+                    for s, plan in plans.items():
+                        ms = plan.predicted["latency_ms"]
+                        results.setdefault(s, []).append(f"{local / ms:5.2f}x ({ms:7.1f})")
+                    best = min(plans.values(), key=lambda p: p.predicted["latency_ms"])
+                    schedule = build_schedule(trunk, best, list(ctx.cluster.names), "host")
+                    work = sum(job.macs for job in schedule.jobs)
+                    bounds.append(trunk.macs / work * devices)
+                for s in STRATEGIES:
+                    print(f"{s:<9}" + "".join(f"{r:>23}" for r in results[s]))
+                print(f"{'bound':<9}" + "".join(f"{b:>22.2f}x" for b in bounds)
+                      + f"   (N x unsplit MACs / best plan's MACs; ideal {devices}.00x)")
+                print(f"planning all strategies took {max(planning):.2f} s at most")
+
+
+if __name__ == "__main__":
+    main()
