@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup system-deps demo test test-fast bench clean
 
 $(BIN)/halpc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,14 @@ $(BIN)/halpc: pyproject.toml
 	touch $@
 
 setup: $(BIN)/halpc
+
+# System packages some tests need: headless Chromium renders the `halpc plan --report` page.
+system-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "note: chromium is not installed and you are not root: run 'sudo apt-get install chromium' or the HTML screenshot test is skipped"; fi
 
 # Build VGG-16 (seeded weights), show its trunk, split it over three local devices, prove it exact.
 demo: setup
@@ -23,7 +31,7 @@ demo: setup
 	$(BIN)/halpc verify $(DEMO)/bundle --seeds 2
 
 # Everything, slow tests included (what CI runs).
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
