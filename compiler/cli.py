@@ -12,23 +12,29 @@ from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
 
 
-class _Group(click.Group):
-    """Turn user errors from anywhere below into one line on stderr, no traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every user error, click's usage errors included, becomes one stderr line."""
+    try:
+        cli.main(args=argv, prog_name="halpc", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        _fail(exc.format_message() + hint, 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (HalpcError, BundleError) as exc:
+        _fail(str(exc), exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        _fail("interrupted", 130)
 
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (HalpcError, BundleError) as exc:
-            click.echo(f"halpc: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("halpc: interrupted", err=True)
-            sys.exit(130)
+
+def _fail(message: str, code: int) -> None:
+    click.echo("halpc: error: " + " ".join(message.split()), err=True)
+    sys.exit(code)
 
 
-@click.group(cls=_Group)
+@click.group()
 @click.version_option(package_name="halpc")
-def main() -> None:
+def cli() -> None:
     """Split one CNN's spatial layers across several edge devices, bit-exactly."""
 
 
@@ -48,7 +54,7 @@ def _load(model: str, input_shapes: tuple[str, ...]):
     return analyse(load_model(model, parse_input_shapes(input_shapes)))
 
 
-@main.command()
+@cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @_input_shape
 def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
@@ -58,7 +64,7 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
     click.echo(trunk_table(_load(model, input_shapes)))
 
 
-@main.command()
+@cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
               help="TOML file describing the devices and links.")
@@ -84,7 +90,7 @@ def compile(model: str, cluster_file: str, output: str, strategy: str, plan_file
     click.echo(bundle_summary(result, time.perf_counter() - started))
 
 
-@main.command()
+@cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
               help="TOML file describing the devices and links.")
@@ -119,7 +125,7 @@ def plan(model: str, cluster_file: str, strategy: str, as_json: bool, report: st
         click.echo(plans_table(trunk, plans))
 
 
-@main.command()
+@cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--input", "input_file", type=click.Path(dir_okay=False),
               help="Input as .npy (one input) or .npz (one array per input name).")

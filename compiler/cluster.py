@@ -81,6 +81,7 @@ _NETWORK_KEYS = ("bandwidth_mbps", "latency_ms")
 _DEVICE_KEYS = ("address", "gmacs", "host", "name", "profile", "threads")
 _LINK_KEYS = ("bandwidth_mbps", "between", "latency_ms")
 
+_RESERVED_NAMES = frozenset(("manifest.json", "plan.json", "reference"))
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
 _PORT_RE = re.compile(r"[0-9]{1,5}\Z")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\Z")
@@ -388,6 +389,12 @@ def _build(doc: Any, source: str, base_dir: str | os.PathLike[str] | None) -> Cl
                 f"must be a safe folder name, got {_show(name)}; use only letters, digits, '-', '_' and '.', not starting with '.'",
             )
         folded = name.casefold()
+        if folded in _RESERVED_NAMES:
+            raise fail(
+                f"{where}.name",
+                f"{_show(name)} is the name of a file or folder of the bundle itself "
+                f"({', '.join(sorted(_RESERVED_NAMES))}); choose another device name",
+            )
         if folded in names:
             first_field, first_name = names[folded]
             case_note = "" if first_name == name else ", differing only in case, which collides as a folder name"

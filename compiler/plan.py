@@ -163,7 +163,10 @@ def plan_from_json(data: Any, trunk: Trunk, devices: list[str], source: str = "p
             "model.sha256",
             f"the plan was made for another model file than {trunk.model.path}; plan it again",
         )
-    shapes = {k: tuple(v) for k, v in (model.get("input_shapes") or {}).items()}
+    raw_shapes = model.get("input_shapes") or {}
+    if not isinstance(raw_shapes, dict) or not all(isinstance(v, list) for v in raw_shapes.values()):
+        raise fail("model.input_shapes", "must be an object of input name -> [dims]")
+    shapes = {k: tuple(v) for k, v in raw_shapes.items()}
     if shapes != dict(trunk.model.input_shapes):
         raise fail(
             "model.input_shapes",
@@ -190,7 +193,7 @@ def plan_from_json(data: Any, trunk: Trunk, devices: list[str], source: str = "p
         to = raw.get("to")
         if to is None:
             stop = end
-        elif to in cut_of and cut_of[to] > position:
+        elif isinstance(to, str) and to in cut_of and cut_of[to] > position:
             stop = cut_of[to]
         else:
             raise fail(

@@ -109,8 +109,11 @@ def load_inputs(manifest: Manifest, path: Path) -> dict[str, np.ndarray]:
         loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise HalpcError(f"{path}: no such input file") from None
-    except (OSError, ValueError) as exc:
-        raise HalpcError(f"{path}: not a .npy or .npz file ({exc})") from None
+    except (OSError, ValueError):
+        raise HalpcError(
+            f"{path}: not a .npy or .npz file of numeric arrays; save the input with numpy.save "
+            "(one input) or numpy.savez (one array per input name)"
+        ) from None
     if isinstance(loaded, np.ndarray):
         if len(names) != 1:
             raise HalpcError(f"{path}: the model has inputs {', '.join(names)}; give an .npz with one array per input")

@@ -106,7 +106,7 @@ def load_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{path}: unreadable manifest ({exc}); recompile the bundle") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path}: not a {FORMAT} manifest; recompile with this halpc version")
-    for key in ("devices", "tensors", "artifacts", "programs", "inputs", "outputs", "model"):
+    for key in ("devices", "tensors", "artifacts", "programs", "inputs", "outputs", "model", "onnxruntime"):
         if key not in data:
             raise BundleError(f"{path}: manifest has no {key!r}; recompile the bundle")
     # A lone device folder copied to a board has the manifest beside its files.

@@ -57,6 +57,11 @@ def check_destination(out: Path) -> None:
         raise HalpcError(
             f"{out}: exists and is not a halpc bundle; choose another -o folder or remove it"
         )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise HalpcError(f"{out}: {parent} is a file, not a folder; choose another -o path")
+            break
 
 
 def write_bundle(trunk: Trunk, plan: Plan, cluster: Cluster, out: str | Path) -> BundleSummary:
