@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from halpc.planner import STRATEGIES
+from halpc.strategies import STRATEGIES
 from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
 

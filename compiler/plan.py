@@ -215,9 +215,10 @@ def plan_from_json(data: Any, trunk: Trunk, devices: list[str], source: str = "p
     exchange = data.get("exchange", "direct")
     if exchange not in ("direct", "host"):
         raise fail("exchange", f"is {exchange!r}; use \"direct\" (device to device) or \"host\"")
+    strategy = data.get("strategy")
     return Plan(
-        str(data.get("strategy", "manual")), trunk.model.sha256, shapes, tuple(blocks), predicted,
-        exchange,
+        strategy if isinstance(strategy, str) and strategy else "manual",
+        trunk.model.sha256, shapes, tuple(blocks), predicted, exchange,
     )
 
 

@@ -109,5 +109,35 @@ def load_manifest(bundle: str | Path) -> Manifest:
     for key in ("devices", "tensors", "artifacts", "programs", "inputs", "outputs", "model", "onnxruntime"):
         if key not in data:
             raise BundleError(f"{path}: manifest has no {key!r}; recompile the bundle")
+    _check_structure(path, data)
     # A lone device folder copied to a board has the manifest beside its files.
     return Manifest(root, data)
+
+
+def _check_structure(path: Path, data: dict[str, Any]) -> None:
+    """The fields every reader relies on, with the right types (a hand-edited manifest may not)."""
+
+    def bad(field: str, what: str) -> BundleError:
+        return BundleError(f"{path}: {field} {what}; recompile the bundle")
+
+    devices = data["devices"]
+    if not isinstance(devices, list) or not devices or not all(
+        isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("host"), bool)
+        and isinstance(d.get("address"), str) and isinstance(d.get("threads"), int)
+        for d in devices
+    ):
+        raise bad("devices", "must list objects with name, host, address and threads")
+    if sum(d["host"] for d in devices) != 1:
+        raise bad("devices", "must have exactly one host")
+    if not isinstance(data["artifacts"], dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data["artifacts"].items()
+    ):
+        raise bad("artifacts", "must map file paths to sha256 digests")
+    if not isinstance(data["programs"], dict) or not all(
+        isinstance(p, list) for p in data["programs"].values()
+    ):
+        raise bad("programs", "must map device names to lists of steps")
+    if not isinstance(data["tensors"], dict) or not isinstance(data["model"], dict):
+        raise bad("tensors/model", "must be objects")
+    if not isinstance(data["onnxruntime"], str):
+        raise bad("onnxruntime", "must be the ONNX Runtime version string")

@@ -631,3 +631,24 @@ def test_compile_verify_and_recompile(files, tmp_path):
     proc = run_cli("verify", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bit-exact" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("artifacts", [], ["artifacts"]),
+        ("devices", "host", ["devices"]),
+        ("devices", "no-host", ["exactly one host"]),
+        ("programs", None, ["programs"]),
+    ],
+)
+def test_verify_hand_edited_manifest(bundle_copy, field, value, words):
+    path = bundle_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    if value == "no-host":
+        for device in data["devices"]:
+            device["host"] = False
+    else:
+        data[field] = value
+    path.write_text(json.dumps(data))
+    error_line(run_cli("verify", bundle_copy), "manifest.json", *words)

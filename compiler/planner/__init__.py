@@ -26,8 +26,7 @@ from halpc.planner.cost import Prediction, simulate
 from halpc.planner.search import Context, best_blocks, exhaustive_blocks, plan_cost
 from halpc.trunk import Trunk
 
-STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
-DEFAULT = "best"
+from halpc.strategies import STRATEGIES  # noqa: E402  (re-exported)
 
 
 def device_speeds(cluster: Cluster) -> dict[str, float]:

@@ -1,0 +1,4 @@
+"""Names of the planning strategies (kept apart so the CLI can list them without loading ONNX)."""
+from __future__ import annotations
+
+STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
