@@ -22,11 +22,12 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "note: chromium is not installed and you are not root: run 'sudo apt-get install chromium' or the HTML screenshot test is skipped"; fi
 
-# Build VGG-16 (seeded weights), show its trunk, split it over three local devices, prove it exact.
+# Build VGG-16 (seeded weights), show its trunk, plan and split it over three local devices, prove it exact.
 demo: setup
 	mkdir -p $(DEMO)
 	$(BIN)/python examples/models.py vgg16 -o $(DEMO)/vgg16.onnx
 	$(BIN)/halpc inspect $(DEMO)/vgg16.onnx
+	$(BIN)/halpc plan $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml --report $(DEMO)/plan.html
 	$(BIN)/halpc compile $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml -o $(DEMO)/bundle
 	$(BIN)/halpc verify $(DEMO)/bundle --seeds 2
 
@@ -39,6 +40,8 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/compile_time.py
+	$(BIN)/python benchmarks/strategies.py
+	$(BIN)/python benchmarks/cost_vs_measured.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -142,5 +142,33 @@ def verify(bundle: str, input_file: str | None, seeds: int) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Profile JSON to write; a cluster file references it with profile = \"...\".")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1),
+              help="ONNX Runtime intra-op threads: the count the device will run with.")
+@click.option("--heights", default="1,2,4,8,16,32,all", show_default=True,
+              help="Strip heights (output rows) to time each layer at; all = full height.")
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1),
+              help="Timed runs per measurement (the median counts), after one warm-up.")
+@_input_shape
+def profile(model: str, output: str, threads: int, heights: str, repeat: int,
+            input_shapes: tuple[str, ...]) -> None:
+    """Measure this device: time MODEL's trunk with ONNX Runtime, write its GMAC/s profile."""
+    from halpc.profile import (
+        check_writable, parse_heights, profile_device, profile_table, write_profile,
+    )
+
+    wanted = parse_heights(heights)  # before any slow work: bad options fail at once
+    check_writable(output)
+    trunk = _load(model, input_shapes)
+    result = profile_device(trunk, wanted, threads, repeat,
+                            progress=lambda line: click.echo(line, err=True))
+    write_profile(result, output)
+    click.echo(profile_table(result))
+    click.echo(f"wrote {output}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

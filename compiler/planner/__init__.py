@@ -13,14 +13,13 @@
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from pathlib import Path
 
 from halpc.cluster import Cluster
 from halpc.emit.schedule import build_schedule
 from halpc.errors import HalpcError
 from halpc.plan import BlockPlan, Plan, Strip, even_plan
+from halpc.profile import load_profile
 from halpc.planner import shares
 from halpc.planner.cost import Prediction, simulate
 from halpc.planner.search import Context, best_blocks, exhaustive_blocks, plan_cost
@@ -31,19 +30,10 @@ from halpc.strategies import STRATEGIES  # noqa: E402  (re-exported)
 
 def device_speeds(cluster: Cluster) -> dict[str, float]:
     """GMAC/s per device, from the cluster file or the device's measured profile."""
-    speeds = {}
-    for device in cluster.devices:
-        if device.gmacs is not None:
-            speeds[device.name] = device.gmacs
-            continue
-        try:
-            speeds[device.name] = float(json.loads(Path(device.profile).read_text())["gmacs"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise HalpcError(
-                f"{device.profile}: device {device.name!r}'s profile has no readable gmacs ({exc}); "
-                "measure it again with `halpc profile`"
-            ) from None
-    return speeds
+    return {
+        d.name: d.gmacs if d.gmacs is not None else float(load_profile(d.profile)["gmacs"])
+        for d in cluster.devices
+    }
 
 
 def context(trunk: Trunk, cluster: Cluster) -> Context:
