@@ -1,6 +1,7 @@
 """Compile a model for a local cluster and verify it, in process: the tests' main tool."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -40,9 +41,13 @@ def compile_and_verify(
     input_shapes: dict | None = None,
     seeds: int = 1,
     strategy: str = "even",
+    keep: bool = True,
 ) -> list:
     compile_bundle(path, local_cluster(devices), out, strategy, plan, input_shapes)
-    return verify(out, seeds=seeds)
+    checks = verify(out, seeds=seeds)
+    if not keep:
+        shutil.rmtree(out)  # full-size bundles run to gigabytes over a test session
+    return checks
 
 
 def assert_exact(checks: list) -> None:

@@ -48,9 +48,9 @@ def test_builder_models_full_size(name, devices, tmp_path) -> None:
     path = save(models.build(name, 224, 224), tmp_path)
     trunk = trunk_of(path)
     names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
-    assert_exact(compile_and_verify(path, tmp_path / "even", devices))
+    assert_exact(compile_and_verify(path, tmp_path / "even", devices, keep=False))
     plan = random_plan(trunk, names, seed=100 + devices)
-    assert_exact(compile_and_verify(path, tmp_path / "uneven", devices, plan=plan))
+    assert_exact(compile_and_verify(path, tmp_path / "uneven", devices, plan=plan, keep=False))
 
 
 FAST_LIGHT = ("squeezenet", "shufflenet")
@@ -65,9 +65,9 @@ def test_light_models(name, tmp_path) -> None:
     trunk = trunk_of(path)
     for devices in (2, 3, 4):
         names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
-        assert_exact(compile_and_verify(path, tmp_path / f"even{devices}", devices))
+        assert_exact(compile_and_verify(path, tmp_path / f"even{devices}", devices, keep=False))
         plan = random_plan(trunk, names, seed=devices)
-        assert_exact(compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan))
+        assert_exact(compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, keep=False))
 
 
 def _pretrained(name: str):
@@ -91,3 +91,11 @@ def test_trained_models_from_wheels(name, tmp_path) -> None:
         plan = random_plan(trunk, names, seed=devices)
         checks = compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, input_shapes=shapes)
         assert_exact(checks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["dpfp", "halp", "modnn", "ftp"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet18"])
+def test_planned_strategies_full_size(name, strategy, tmp_path) -> None:
+    path = save(models.build(name, 224, 224), tmp_path)
+    assert_exact(compile_and_verify(path, tmp_path / "b", 3, strategy=strategy, keep=False))

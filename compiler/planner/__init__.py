@@ -29,7 +29,7 @@ from halpc.strategies import STRATEGIES  # noqa: E402  (re-exported)
 
 
 def device_speeds(cluster: Cluster) -> dict[str, float]:
-    """GMAC/s per device, from the cluster file or the device's measured profile."""
+    """GMAC/s per device: the cluster file's `gmacs`, else the device's measured profile's."""
     return {
         d.name: d.gmacs if d.gmacs is not None else float(load_profile(d.profile)["gmacs"])
         for d in cluster.devices
@@ -37,7 +37,14 @@ def device_speeds(cluster: Cluster) -> dict[str, float]:
 
 
 def context(trunk: Trunk, cluster: Cluster) -> Context:
-    return Context(trunk, cluster, device_speeds(cluster))
+    """A measured profile also gives the fixed cost of one model run on the device, which
+    dominates when a plan has many small strips."""
+    overheads = {
+        d.name: float(load_profile(d.profile).get("per_run_overhead_ms", 0.0)) / 1e3
+        for d in cluster.devices
+        if d.profile
+    }
+    return Context(trunk, cluster, device_speeds(cluster), overheads)
 
 
 def predict(ctx: Context, plan: Plan) -> Prediction:

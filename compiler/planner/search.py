@@ -33,6 +33,7 @@ class Context:
     trunk: Trunk
     cluster: Cluster
     speeds: dict[str, float]  # GMAC/s
+    overheads: dict[str, float] = field(default_factory=dict)  # seconds per model run
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # for layout choosers
@@ -67,7 +68,7 @@ class Context:
         return self._jobs[key]
 
     def compute_seconds(self, device: str, step: dict) -> float:
-        return step["macs"] / (self.speeds[device] * 1e9)
+        return step["macs"] / (self.speeds[device] * 1e9) + self.overheads.get(device, 0.0)
 
     def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
         """Seconds from all devices starting `block` to the last of them finishing it.
