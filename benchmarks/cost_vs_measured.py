@@ -13,7 +13,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import models  # noqa: E402
 from strategies import cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
 from halpc.model import load_model  # noqa: E402
+from halpc.profile import median_run_seconds  # noqa: E402
 from halpc.trunk import analyse  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402
@@ -34,13 +34,7 @@ REPEAT = 5
 
 
 def time_run(session, feeds) -> float:
-    session.run(None, feeds)
-    samples = []
-    for _ in range(REPEAT):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return median_run_seconds(session, feeds, REPEAT)
 
 
 def feeds_for(manifest, step) -> dict[str, np.ndarray]:

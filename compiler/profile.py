@@ -217,10 +217,13 @@ def _random(rng: np.random.Generator, shape: list[int], dtype: str) -> np.ndarra
 
 
 def _median_run(model: onnx.ModelProto, feeds: dict, threads: int, repeat: int) -> float:
-    """Median seconds of `session.run` over `repeat` runs after one warm-up."""
     from halpc_stub.session import make_session
 
-    session = make_session(model.SerializeToString(), threads)
+    return median_run_seconds(make_session(model.SerializeToString(), threads), feeds, repeat)
+
+
+def median_run_seconds(session, feeds: dict, repeat: int) -> float:
+    """Median seconds of `session.run` over `repeat` runs after one warm-up."""
     session.run(None, feeds)
     times = []
     for _ in range(repeat):
