@@ -71,7 +71,7 @@ def main() -> None:
                 for s in STRATEGIES:
                     print(f"{s:<9}" + "".join(f"{r:>23}" for r in results[s]))
                 print(f"{'bound':<9}" + "".join(f"{b:>23}" for b in bounds)
-                      + f"   (compute bound of the halp plan: devices used x unsplit MACs / its MACs)")
+                      + "   (compute bound of the halp plan: devices used x unsplit MACs / its MACs)")
                 print(f"planning all strategies took {max(planning):.2f} s at most")
 
 

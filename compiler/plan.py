@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from halpc.errors import HalpcError
-from halpc.strips import BlockIO, block_io
+from halpc.strips import block_io
 from halpc.trunk import Trunk
 
 SCHEMA = "halpc-plan/1"
@@ -259,7 +259,3 @@ def _strips(raw, rows: int, devices: list[str], where: str, fail) -> tuple[Strip
 
 def _fmt_shapes(shapes: dict) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items()) or "(none)"
-
-
-def block_ios(trunk: Trunk, plan: Plan) -> list[BlockIO]:
-    return [block_io(trunk, b.start, b.stop) for b in plan.blocks]

@@ -49,7 +49,6 @@ def test_resnet_cuts_only_between_residual_blocks(resnet) -> None:
 
 
 def test_nhwc_input_rows_are_axis_1(tmp_path) -> None:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32) * 0.1, "w")
