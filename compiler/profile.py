@@ -31,7 +31,7 @@ import onnx
 
 from halpc.errors import HalpcError, UsageError
 from halpc.rows import Rows
-from halpc.strips import BlockIO, block_io, output_partitions, strip_rows
+from halpc.strips import BlockIO, block_io, strip_at
 from halpc.trunk import Layer, Trunk
 
 SCHEMA = "halpc-profile/1"
@@ -190,13 +190,11 @@ def _strip(trunk: Trunk, io: BlockIO, ref_rows: Rows | None, layout, rng: np.ran
     output), and random inputs of the shapes it reads."""
     from halpc.emit.subgraph import strip_model
 
+    total = trunk.tensors[io.reference].rows
     if ref_rows is None:
-        owned = {t: (0, trunk.tensors[t].rows) for t in io.outputs}
+        rows = strip_at(trunk, io, [0, total], 0)
     else:
-        total = trunk.tensors[io.reference].rows
-        bounds = [0, *ref_rows, total]
-        owned = {t: (b[1], b[2]) for t, b in output_partitions(trunk, io, bounds).items()}
-    rows = strip_rows(trunk, io, owned)
+        rows = strip_at(trunk, io, [0, *ref_rows, total], 1)
     model = strip_model(trunk, io, rows, f"profile_{io.start}_{io.stop}", layout)
     feeds = {}
     for tensor, have in rows.inputs.items():

@@ -48,6 +48,12 @@ def block_io(trunk: Trunk, start: int, stop: int) -> BlockIO:
     return BlockIO(start, stop, tuple(inputs), tuple(outputs), reference)
 
 
+def strip_at(trunk: Trunk, io: BlockIO, boundaries: list[int], j: int) -> StripRows:
+    """Rows of strip j when the block's reference output is split at `boundaries`."""
+    parts = output_partitions(trunk, io, boundaries)
+    return strip_rows(trunk, io, {t: (b[j], b[j + 1]) for t, b in parts.items()})
+
+
 def output_partitions(trunk: Trunk, io: BlockIO, boundaries: list[int]) -> dict[str, list[int]]:
     """Row boundaries of every block output, given those of the reference output."""
     ref_rows = trunk.tensors[io.reference].rows

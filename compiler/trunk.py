@@ -47,6 +47,12 @@ class TensorInfo:
     def dtype(self) -> str:
         return _dtype_name(self.elem_type)
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row: every axis but the row axis, times the element size."""
+        other = [d for a, d in enumerate(self.shape) if a != self.row_axis]
+        return int(np.prod(other)) * np.dtype(self.dtype).itemsize
+
 
 @lru_cache(maxsize=None)
 def _dtype_name(elem_type: int) -> str:

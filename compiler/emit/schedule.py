@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import numpy as np
 
 from halpc.emit.subgraph import tail_io
-from halpc.plan import Plan
+from halpc.plan import Plan, Strip
 from halpc.rows import Rows, intersect, subtract
-from halpc.strips import BlockIO, StripRows, block_io, output_partitions, strip_macs, strip_rows
+from halpc.strips import BlockIO, StripRows, block_io, strip_at, strip_macs
 from halpc.trunk import Trunk
 
 Step = dict[str, Any]
@@ -48,15 +47,20 @@ class Schedule:
     traffic: dict[tuple[str, str], int]  # (sender, receiver) -> rows x row bytes
 
 
+def block_jobs(trunk: Trunk, k: int, io: BlockIO, strips: tuple[Strip, ...]) -> list[StripJob]:
+    bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
+    return [
+        StripJob(k, j, s.device, io, strip_at(trunk, io, bounds, j), trunk)
+        for j, s in enumerate(strips)
+    ]
+
+
 def strip_jobs(trunk: Trunk, plan: Plan) -> list[StripJob]:
-    jobs = []
-    for k, block in enumerate(plan.blocks):
-        io = block_io(trunk, block.start, block.stop)
-        partitions = output_partitions(trunk, io, block.boundaries)
-        for j, strip in enumerate(block.strips):
-            owned = {t: (bounds[j], bounds[j + 1]) for t, bounds in partitions.items()}
-            jobs.append(StripJob(k, j, strip.device, io, strip_rows(trunk, io, owned), trunk))
-    return jobs
+    return [
+        job
+        for k, block in enumerate(plan.blocks)
+        for job in block_jobs(trunk, k, block_io(trunk, block.start, block.stop), block.strips)
+    ]
 
 
 class Scheduler:
@@ -79,9 +83,7 @@ class Scheduler:
                  sends: dict[str, list[Step]], recvs: dict[str, list[Step]]) -> None:
         sends[sender].append({"op": "send", "tensor": tensor, "rows": list(rows), "to": receiver})
         recvs[receiver].append({"op": "recv", "tensor": tensor, "rows": list(rows), "from": sender})
-        info = self.trunk.tensors[tensor]
-        row_bytes = int(np.prod([d for a, d in enumerate(info.shape) if a != info.row_axis]))
-        size = (rows[1] - rows[0]) * row_bytes * np.dtype(info.dtype).itemsize
+        size = (rows[1] - rows[0]) * self.trunk.tensors[tensor].row_bytes
         self.traffic[(sender, receiver)] = self.traffic.get((sender, receiver), 0) + size
 
     def add_block(

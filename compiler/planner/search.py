@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from halpc.cluster import Cluster
-from halpc.emit.schedule import Scheduler, StripJob
+from halpc.emit.schedule import Scheduler, StripJob, block_jobs
 from halpc.errors import HalpcError
 from halpc.plan import BlockPlan, Strip
 from halpc.planner.cost import cluster_transfer, simulate
-from halpc.strips import BlockIO, block_io, output_partitions, strip_rows
+from halpc.strips import BlockIO, block_io
 from halpc.trunk import Trunk
 
 Layout = Callable[[int, int], tuple[Strip, ...]]  # (start, stop) -> strips of that block
@@ -56,15 +56,7 @@ class Context:
         """The block's strip jobs (numbered as block 0: costing does not need the position)."""
         key = (start, stop, strips)
         if key not in self._jobs:
-            io = self.io(start, stop)
-            bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
-            parts = output_partitions(self.trunk, io, bounds)
-            self._jobs[key] = [
-                StripJob(0, j, s.device, io,
-                         strip_rows(self.trunk, io, {t: (b[j], b[j + 1]) for t, b in parts.items()}),
-                         self.trunk)
-                for j, s in enumerate(strips)
-            ]
+            self._jobs[key] = block_jobs(self.trunk, 0, self.io(start, stop), strips)
         return self._jobs[key]
 
     def compute_seconds(self, device: str, step: dict) -> float:

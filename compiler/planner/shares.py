@@ -10,12 +10,10 @@
 """
 from __future__ import annotations
 
-import numpy as np
-
 from halpc.plan import Strip
 from halpc.planner.search import Context
 from halpc.rows import Rows
-from halpc.strips import block_io, output_partitions, strip_macs, strip_rows
+from halpc.strips import block_io, strip_at, strip_macs
 
 ROUNDS = 4
 
@@ -28,8 +26,7 @@ def _strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> 
 
 
 def _compute_strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> tuple[float, Rows]:
-    parts = output_partitions(ctx.trunk, io, bounds)
-    rows = strip_rows(ctx.trunk, io, {t: (b[j], b[j + 1]) for t, b in parts.items()})
+    rows = strip_at(ctx.trunk, io, bounds, j)
     seconds = strip_macs(ctx.trunk, io, rows) / (ctx.speeds[device] * 1e9)
     return seconds, rows.inputs.get(io.inputs[0], (0, 0))
 
@@ -157,10 +154,7 @@ def _input_rows(ctx: Context, io, out: Rows) -> Rows:
 def _compute_input_rows(ctx: Context, io, out: Rows) -> Rows:
     rows = ctx.trunk.tensors[io.reference].rows
     bounds = sorted({0, out[0], out[1], rows})
-    j = bounds.index(out[0])
-    parts = output_partitions(ctx.trunk, io, bounds)
-    strip = strip_rows(ctx.trunk, io, {t: (b[j], b[j + 1]) for t, b in parts.items()})
-    return strip.inputs[io.inputs[0]]
+    return strip_at(ctx.trunk, io, bounds, bounds.index(out[0])).inputs[io.inputs[0]]
 
 
 def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> dict[str, float]:
@@ -169,12 +163,7 @@ def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> di
     bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
     finish: dict[str, float] = {d: 0.0 for d in ctx.cluster.names}
     link_free = 0.0
-    spec = ctx.trunk.tensors[io.inputs[0]]
-    row_bytes = 1
-    for axis, dim in enumerate(spec.shape):
-        if axis != spec.row_axis:
-            row_bytes *= dim
-    row_bytes *= np.dtype(spec.dtype).itemsize
+    row_bytes = ctx.trunk.tensors[io.inputs[0]].row_bytes
     for j, strip in enumerate(strips):
         seconds, needed = _strip_seconds(ctx, io, strip.device, bounds, j)
         start = 0.0
