@@ -142,6 +142,75 @@ def verify(bundle: str, input_file: str | None, seeds: int) -> None:
 
 
 @cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--input", "input_file", type=click.Path(dir_okay=False),
+              help="Input as .npy or .npz, used for every task; default: seeded random inputs, one per task.")
+@click.option("--output", "output_file", type=click.Path(dir_okay=False),
+              help="Save the last task's outputs: .npy for one output, else .npz.")
+@click.option("--tasks", default=1, show_default=True, type=click.IntRange(1), help="Tasks to stream.")
+@click.option("--in-flight", default=2, show_default=True, type=click.IntRange(1),
+              help="Tasks running at once, so one task's transfers overlap another's compute.")
+@click.option("--check", is_flag=True,
+              help="Also run the unsplit model here: compare every output bit for bit, report the speedup.")
+@click.option("--spawn", is_flag=True,
+              help="Start the other devices' stubs on this machine (a cluster on 127.0.0.1), stop them after.")
+@click.option("--json", "as_json", is_flag=True, help="Print latency, throughput and the timeline as JSON.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML page: measured vs predicted Gantt.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for a device's rows before giving up on the run.")
+@click.option("--bind", help="Listen here instead of the host's manifest address, e.g. tcp://*:5701.")
+def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int, in_flight: int,
+        check: bool, spawn: bool, as_json: bool, report: str | None, timeout: float, bind: str | None) -> None:
+    """Run BUNDLE from the host, its devices' stubs serving; print latency and throughput."""
+    import json
+
+    from halpc.report import run_table
+    from halpc.run import local_popen, run as run_bundle
+    from halpc.verify import load_inputs, random_inputs
+    from halpc_stub.manifest import load_manifest
+
+    manifest = load_manifest(bundle)
+    if input_file is not None:
+        inputs = [load_inputs(manifest, input_file)] * tasks
+    else:
+        inputs = [random_inputs(manifest, seed) for seed in range(tasks)]
+    if output_file is not None:
+        check_output_path(output_file, len(manifest.outputs))
+    summary = run_bundle(bundle, inputs, in_flight, check, local_popen if spawn else None, timeout, bind,
+                         stub_stdout=sys.stderr if as_json else None)
+    if output_file is not None:
+        save_outputs(output_file, summary.results[-1].outputs)
+    if report is not None:
+        from halpc.html import write_run_report
+
+        write_run_report(report, manifest, summary)
+    if as_json:
+        click.echo(json.dumps(summary.to_json()))
+    else:
+        click.echo(run_table(manifest, summary, in_flight))
+    if summary.checks and not summary.exact:
+        sys.exit(1)
+
+
+def check_output_path(path: str, outputs: int) -> None:
+    suffix = ".npy" if outputs == 1 else ".npz"
+    if not path.endswith(suffix):
+        raise HalpcError(f"{path}: the model has {outputs} output(s); give a {suffix} path for --output")
+
+
+def save_outputs(path: str, outputs: dict) -> None:
+    import numpy as np
+
+    try:
+        if len(outputs) == 1:
+            np.save(path, next(iter(outputs.values())))
+        else:
+            np.savez(path, **outputs)
+    except OSError as exc:
+        raise HalpcError(f"{path}: cannot write the outputs ({exc.strerror or exc})") from None
+
+
+@cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Profile JSON to write; a cluster file references it with profile = \"...\".")

@@ -153,3 +153,59 @@ def plans_json(trunk: Trunk, plans: dict) -> dict:
             for name, p in plans.items()
         }
     }
+
+
+def run_table(manifest, summary, in_flight: int) -> str:
+    """`halpc run`'s report: per-task latency, throughput, speedup and task 0's timeline."""
+    n = len(summary.results)
+    exact = {}
+    for c in summary.checks:
+        exact[c.case] = exact.get(c.case, True) and c.exact
+    rows = [
+        (r.task, f"{r.latency_s * 1e3:.1f}", "yes" if exact.get(f"task {r.task}") else
+         ("NO" if summary.checks else "-"))
+        for r in summary.results
+    ]
+    lat = [x * 1e3 for x in summary.latencies_s]
+    lines = [
+        f"ran {manifest.root}: {manifest.data['strategy']} plan over {len(manifest.devices)} devices, "
+        f"{n} task(s), {min(in_flight, n)} in flight",
+        table(("task", "latency ms", "exact"), rows, right={0, 1}),
+        f"latency     median {summary.latency_s * 1e3:.1f} ms (min {min(lat):.1f}, max {max(lat):.1f}); "
+        f"cost model {summary.predicted.latency_s * 1e3:.1f} ms",
+        f"throughput  {summary.throughput:.2f} tasks/s",
+    ]
+    if summary.local_latency_s is not None:
+        lines.append(
+            f"unsplit     {summary.local_latency_s * 1e3:.1f} ms on the host "
+            f"({manifest.host.threads} thread(s)): latency {summary.local_latency_s / summary.latency_s:.2f}x, "
+            f"throughput {summary.local_latency_s * summary.throughput:.2f}x faster split"
+        )
+        good = sum(c.exact for c in summary.checks)
+        verdict = "bit-exact to the unsplit model" if summary.exact else "NOT bit-exact"
+        lines.append(f"outputs     {good}/{len(summary.checks)} {verdict}")
+    lines.append("")
+    lines.append(timeline_chart(summary.measured(0), [d.name for d in manifest.devices], "task 0"))
+    return "\n".join(lines)
+
+
+def timeline_chart(prediction, devices: Sequence[str], title: str, width: int = 72) -> str:
+    """Text Gantt: per device a lane of compute (#) and waits (.), and a lane of sends (-)."""
+    span = max(prediction.latency_s, prediction.makespan_s) or 1e-9
+    name_w = max(len(d) for d in devices)
+    lanes = {d: ([" "] * width, [" "] * width) for d in devices}
+    marks = {"wait": ".", "compute": "#", "send": "-"}
+    for event in sorted(prediction.events, key=lambda e: e.kind != "wait"):  # compute over waits
+        if event.device not in lanes or event.kind not in marks:
+            continue
+        lane = lanes[event.device][event.kind == "send"]
+        a = min(width - 1, int(event.start / span * width))
+        b = max(a + 1, min(width, round(event.end / span * width)))
+        lane[a:b] = marks[event.kind] * (b - a)
+    lines = [f"{title}: {span * 1e3:.1f} ms; # compute, . waiting for rows, - sending"]
+    for d in devices:
+        compute, send = lanes[d]
+        lines.append(f"{d.ljust(name_w)} |{''.join(compute)}|")
+        if "-" in send:
+            lines.append(f"{''.ljust(name_w)} |{''.join(send)}|")
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime
 
 from halpc.errors import HalpcError
-from halpc_stub.executor import run_program
+from halpc_stub.executor import host_store, run_program
 from halpc_stub.manifest import Manifest, load_manifest
 from halpc_stub.session import make_session
 from halpc_stub.store import RowStore
@@ -45,16 +45,17 @@ class _Endpoint:
     mailbox: Mailbox
     device: str
 
-    def send(self, to: str, tensor: str, rows, array: np.ndarray) -> None:
-        key = (self.device, to, tensor, tuple(rows))
+    def send(self, step: dict, array: np.ndarray) -> None:
+        key = (self.device, step["to"], step["tensor"], tuple(step["rows"]))
         if key in self.mailbox.messages:
             raise AssertionError(f"message {key} sent twice")
         # A real link copies the bytes: the receiver must never alias the sender's buffer.
         self.mailbox.messages[key] = np.array(array, copy=True)
         self.mailbox.sent += 1
 
-    def try_recv(self, sender: str, tensor: str, rows) -> np.ndarray | None:
-        return self.mailbox.messages.pop((sender, self.device, tensor, tuple(rows)), None)
+    def try_recv(self, step: dict) -> np.ndarray | None:
+        key = (step["from"], self.device, step["tensor"], tuple(step["rows"]))
+        return self.mailbox.messages.pop(key, None)
 
 
 def run_bundle(manifest: Manifest, inputs: dict[str, np.ndarray], sessions) -> dict[str, np.ndarray]:
@@ -64,12 +65,10 @@ def run_bundle(manifest: Manifest, inputs: dict[str, np.ndarray], sessions) -> d
     results: dict[str, np.ndarray] = {}
     runners: dict[str, Iterator[None]] = {}
     for device in manifest.devices:
-        store = RowStore(specs)
         if device.host:
-            for name, array in inputs.items():
-                if name == manifest.data["spatial_input"]:
-                    store.put(name, (0, specs[name].rows), array)
-                store.put_whole(name, array)
+            store = host_store(specs, manifest.data["spatial_input"], inputs)
+        else:
+            store = RowStore(specs)
         runners[device.name] = run_program(
             manifest.program(device.name),
             store,

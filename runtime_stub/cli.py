@@ -1,16 +1,20 @@
 """`halpc-stub BUNDLE --device NAME`: the program on each board.
 
-This version checks a device folder (manifest, every file's sha256, that ONNX Runtime opens each
-model) and exits; serving tasks over the network arrives with the runtime.
+It checks the manifest and the sha256 of this device's files, opens one ONNX Runtime session
+per subgraph, then listens on the device's address and runs its part of every task the host
+sends. `--check` stops after the checks. SIGTERM or Ctrl-C stops it cleanly.
 """
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 
 from halpc_stub.errors import BundleError
 from halpc_stub.manifest import load_manifest
-from halpc_stub.session import make_session
+from halpc_stub.serve import StubNode
+from halpc_stub.session import load_sessions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,23 +22,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", help="the bundle folder, or this device's folder of it")
     parser.add_argument("--device", required=True, help="this device's name in the manifest")
     parser.add_argument("--check", action="store_true", help="check the files and exit")
+    parser.add_argument("--bind", help="listen here instead of the manifest address, e.g. tcp://*:5702")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="halpc-stub %(message)s", level=logging.WARNING)
     try:
         manifest = load_manifest(args.bundle)
         device = manifest.device(args.device)
         manifest.check_files(device.name)
-        files = sorted({s["model"] for s in manifest.program(device.name) if "model" in s})
-        for file in files:
-            make_session(str(manifest.path(device.name, file)), device.threads)
+        sessions = load_sessions(manifest, device.name)
+        steps = len(manifest.program(device.name))
+        print(f"halpc-stub: {device.name}: {len(sessions)} models verified and loaded, {steps} steps per task",
+              flush=True)
+        if args.check:
+            return 0
+        node = StubNode(manifest, device.name, sessions.__getitem__, args.bind)
     except BundleError as exc:
         print(f"halpc-stub: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"halpc-stub: {device.name}: {len(files)} models verified and loaded, "
-          f"{len(manifest.program(device.name))} steps per task")
-    if not args.check:
-        print("halpc-stub: error: serving tasks over the network is not in this version; "
-              "use --check, or `halpc verify` to run the bundle in one process", file=sys.stderr)
-        return 2
+    stop = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.append(True))
+    print(f"halpc-stub: {device.name}: listening on {node.endpoint}, plan {node.plan[:12]}", flush=True)
+    try:
+        node.serve(lambda: bool(stop))
+    finally:
+        node.close()
+    print(f"halpc-stub: {device.name}: stopped after {node.served} tasks, "
+          f"{node.rejected} messages rejected", flush=True)
     return 0
 
 

@@ -2,26 +2,44 @@
 
 The program is the list of steps `halpc compile` wrote into the manifest. The executor is a
 generator that yields whenever a `recv` finds nothing yet, so one process can interleave every
-device of a bundle (`halpc verify`), while a device on a board, whose transport blocks until the
-message arrives, simply runs it to the end.
+device of a bundle (`halpc verify`) or several tasks of one device (`halpc-stub`, `halpc run`).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, Callable, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from halpc_stub.store import RowStore
+from halpc_stub.store import RowStore, TensorSpec
 
 Rows = tuple[int, int]
+# trace(kind, start, end, label, peer): kind is "compute", "send" or "wait" (blocked in a recv).
+Trace = Callable[[str, float, float, str, "str | None"], None]
 
 
 class Transport(Protocol):
-    def send(self, to: str, tensor: str, rows: Rows, array: np.ndarray) -> None: ...
+    def send(self, step: dict[str, Any], array: np.ndarray) -> None: ...
 
-    def try_recv(self, sender: str, tensor: str, rows: Rows) -> np.ndarray | None: ...
+    def try_recv(self, step: dict[str, Any]) -> np.ndarray | None: ...
+
+
+def host_store(specs: dict[str, TensorSpec], spatial_input: str, inputs: dict[str, np.ndarray]) -> RowStore:
+    """The host's store at the start of a task: it holds every model input whole."""
+    store = RowStore(specs)
+    for name, array in inputs.items():
+        if name == spatial_input:
+            store.put(name, (0, specs[name].rows), array)
+        store.put_whole(name, array)
+    return store
+
+
+def _label(step: dict[str, Any]) -> str:
+    if "model" in step:
+        return step["model"]
+    return f"{step['tensor']} rows {step['rows'][0]}..{step['rows'][1]}"
 
 
 def run_program(
@@ -30,28 +48,42 @@ def run_program(
     session: Callable[[str], ort.InferenceSession],
     transport: Transport,
     results: dict[str, np.ndarray],
+    trace: Trace | None = None,
 ) -> Iterator[None]:
     """Execute `steps`; graph outputs (host only) land in `results`. Yields while blocked."""
+    clock = time.time
     for step in steps:
         op = step["op"]
         if op == "send":
             rows = tuple(step["rows"])
-            transport.send(step["to"], step["tensor"], rows, store.get(step["tensor"], rows))
+            at = clock()
+            transport.send(step, store.get(step["tensor"], rows))
+            if trace:
+                trace("send", at, clock(), _label(step), step["to"])
         elif op == "recv":
             rows = tuple(step["rows"])
-            while (array := transport.try_recv(step["from"], step["tensor"], rows)) is None:
+            waited = None
+            while (array := transport.try_recv(step)) is None:
+                waited = waited or clock()
                 yield
+            if trace and waited:
+                trace("wait", waited, clock(), _label(step), step["from"])
             store.put(step["tensor"], rows, array)
-        elif op == "run":
-            feeds = {t: store.get(t, tuple(r)) for t, r in step["inputs"].items()}
+        elif op in ("run", "tail"):
             names = list(step["outputs"])
-            for name, array in zip(names, session(step["model"]).run(names, feeds)):
-                store.put(name, tuple(step["outputs"][name]), array)
-        elif op == "tail":
-            feeds = {t: store.whole(t) for t in step["inputs"]}
-            names = list(step["outputs"])
-            for name, array in zip(names, session(step["model"]).run(names, feeds)):
-                store.put_whole(name, array)
+            if op == "run":
+                feeds = {t: store.get(t, tuple(r)) for t, r in step["inputs"].items()}
+            else:
+                feeds = {t: store.whole(t) for t in step["inputs"]}
+            at = clock()
+            arrays = session(step["model"]).run(names, feeds)
+            if trace:
+                trace("compute", at, clock(), _label(step), None)
+            for name, array in zip(names, arrays):
+                if op == "run":
+                    store.put(name, tuple(step["outputs"][name]), array)
+                else:
+                    store.put_whole(name, array)
         elif op == "output":
             for name in step["tensors"]:
                 results[name] = store.whole(name)

@@ -21,3 +21,10 @@ def make_session(
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
+    """One session per model file of the device's program, each opened once."""
+    threads = manifest.device(device).threads
+    files = sorted({s["model"] for s in manifest.program(device) if "model" in s})
+    return {f: make_session(str(manifest.path(device, f)), threads) for f in files}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import onnx
@@ -14,11 +15,26 @@ from halpc.trunk import Trunk, analyse
 from halpc.verify import verify
 
 
-def local_cluster(devices: int) -> Cluster:
-    text = "[network]\nbandwidth_mbps = 100\nlatency_ms = 2\n"
+def free_ports(n: int) -> list[int]:
+    """Ports nothing listens on now (the kernel's choice), so runs never meet a stale stub."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_cluster(devices: int, bandwidth_mbps: float = 100, gmacs: float = 8.0,
+                  ips: list[str] | None = None, ports: list[int] | None = None) -> Cluster:
+    """host, dev-1, ... on 127.0.0.1 (or `ips`), on fixed ports 5700.. unless `ports` are given."""
+    text = f"[network]\nbandwidth_mbps = {bandwidth_mbps}\nlatency_ms = 2\n"
     for i in range(devices):
         name = "host" if i == 0 else f"dev-{i}"
-        text += f'[[device]]\nname = "{name}"\naddress = "127.0.0.1:{5700 + i}"\ngmacs = 8.0\n'
+        address = f"{ips[i] if ips else '127.0.0.1'}:{ports[i] if ports else 5700 + i}"
+        text += f'[[device]]\nname = "{name}"\naddress = "{address}"\ngmacs = {gmacs}\n'
         text += "host = true\n" if i == 0 else ""
     return parse_cluster(text, source=f"local{devices}.toml")
 

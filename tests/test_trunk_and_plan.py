@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,9 +116,14 @@ def test_bundle_layout_manifest_and_weights(vgg, tmp_path) -> None:
     strip = onnx.load(str(out / "dev-1" / "block00_strip1.onnx"))
     assert {i.name for i in strip.graph.initializer} == {"conv1.weight", "conv1.bias"}
     onnx.checker.check_model(strip, full_check=True)
+    stub_files = len(list((Path(__file__).parent.parent / "runtime_stub").glob("*.py")))
+    # Each worker folder carries the stub's source and a systemd unit beside its launcher.
+    for device in ("dev-1", "dev-2"):
+        assert len(list((out / device / "halpc_stub").glob("*.py"))) == stub_files
+        assert "ExecStart=/opt/halpc/" + device in (out / device / "halpc-stub.service").read_text()
     assert len(manifest["artifacts"]) == 2 + sum(
         len(b.strips) for b in compiled.plan.blocks
-    ) + 1 + 3  # plan + reference + strips + tail + launchers
+    ) + 1 + 3 + 2 * (stub_files + 1)  # plan + reference + strips + tail + launchers + stub, unit
 
 
 def test_device_folder_copied_alone_passes_the_stub_check(vgg, tmp_path) -> None:

@@ -107,15 +107,22 @@ def _write(trunk: Trunk, plan: Plan, cluster: Cluster, root: Path):
 
     manifest = _manifest(trunk, plan, cluster, schedule)
     env = templates()
+    stub_sources = _stub_sources()
     for device in cluster.devices:
         context = {
             "device": device,
-            "host": cluster.host,
             "bundle_plan": manifest["plan_sha256"][:12],
             "version": halpc.__version__,
+            "onnxruntime": onnxruntime.__version__,
             "steps": len(schedule.programs[device.name]),
+            "install_dir": f"/opt/halpc/{device.name}",
         }
         put(f"{device.name}/launch.sh", env.get_template("launch.sh.j2").render(context).encode(), True)
+        if not device.host:
+            unit = env.get_template("halpc-stub.service.j2").render(context)
+            put(f"{device.name}/halpc-stub.service", unit.encode())
+            for name, data in stub_sources.items():
+                put(f"{device.name}/halpc_stub/{name}", data)
     manifest["artifacts"] = artifacts
     text = (json.dumps(manifest, indent=1) + "\n").encode()
     (root / "manifest.json").write_bytes(text)
@@ -126,7 +133,16 @@ def _write(trunk: Trunk, plan: Plan, cluster: Cluster, root: Path):
     return len(artifacts) + 1 + len(cluster), total, schedule
 
 
+def _stub_sources() -> dict[str, bytes]:
+    """The stub's own source files: a device folder carries the program that runs it."""
+    folder = resources.files("halpc_stub")
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.name.endswith(".py")}
+
+
 def _manifest(trunk: Trunk, plan: Plan, cluster: Cluster, schedule: Schedule) -> dict[str, Any]:
+    from halpc.planner import device_speeds, run_overheads  # the planner builds on emit
+
+    speeds, overheads = device_speeds(cluster), run_overheads(cluster)
     graph = trunk.model.graph
     io_tensors: set[str] = set()
     for program in schedule.programs.values():
@@ -166,6 +182,10 @@ def _manifest(trunk: Trunk, plan: Plan, cluster: Cluster, schedule: Schedule) ->
             for d in cluster.devices
         ],
         "cluster": cluster.to_dict(),
+        "cost": {  # what the planner assumed of each device (for `halpc run` to compare)
+            name: {"gmacs": speeds[name], "run_overhead_ms": overheads.get(name, 0.0) * 1e3}
+            for name in cluster.names
+        },
         "tensors": tensors,
         "programs": schedule.programs,
     }

@@ -79,10 +79,12 @@ class Scheduler:
         self.traffic: dict[tuple[str, str], int] = {}
         self.exits = set(trunk.exits)
 
-    def _message(self, sender: str, receiver: str, tensor: str, rows: Rows,
+    def _message(self, block: int, sender: str, receiver: str, tensor: str, rows: Rows,
                  sends: dict[str, list[Step]], recvs: dict[str, list[Step]]) -> None:
-        sends[sender].append({"op": "send", "tensor": tensor, "rows": list(rows), "to": receiver})
-        recvs[receiver].append({"op": "recv", "tensor": tensor, "rows": list(rows), "from": sender})
+        """One message, tagged with the block that needs (or, for exits, produced) its rows."""
+        head = {"tensor": tensor, "rows": list(rows), "block": block}
+        sends[sender].append({"op": "send", **head, "to": receiver})
+        recvs[receiver].append({"op": "recv", **head, "from": sender})
         size = (rows[1] - rows[0]) * self.trunk.tensors[tensor].row_bytes
         self.traffic[(sender, receiver)] = self.traffic.get((sender, receiver), 0) + size
 
@@ -118,7 +120,7 @@ class Scheduler:
                         piece = intersect(gap, owned)
                         if piece is not None:
                             covered += piece[1] - piece[0]
-                            self._message(owner, device, tensor, piece, sends, recvs)
+                            self._message(k, owner, device, tensor, piece, sends, recvs)
                             held.setdefault(tensor, []).append(piece)
                     assert covered == gap[1] - gap[0], f"no owner for {tensor} rows {gap}"
             runs[device].append(
@@ -138,9 +140,9 @@ class Scheduler:
                 if device == host:
                     continue
                 if tensor in self.exits:
-                    self._message(device, host, tensor, owned, after, exit_recvs)
+                    self._message(k, device, host, tensor, owned, after, exit_recvs)
                 elif self.gather:
-                    self._message(device, host, tensor, owned, after, gather_recvs)
+                    self._message(k, device, host, tensor, owned, after, gather_recvs)
         for tensor, parts in new_owners.items():
             if self.gather and tensor not in self.exits:
                 whole = (0, self.trunk.tensors[tensor].rows)

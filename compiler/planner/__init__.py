@@ -21,7 +21,7 @@ from halpc.errors import HalpcError
 from halpc.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.profile import load_profile
 from halpc.planner import shares
-from halpc.planner.cost import Prediction, simulate
+from halpc.planner.cost import Prediction, cluster_transfer, simulate
 from halpc.planner.search import Context, best_blocks, exhaustive_blocks, plan_cost
 from halpc.trunk import Trunk
 
@@ -36,21 +36,38 @@ def device_speeds(cluster: Cluster) -> dict[str, float]:
     }
 
 
-def context(trunk: Trunk, cluster: Cluster) -> Context:
-    """A measured profile also gives the fixed cost of one model run on the device, which
-    dominates when a plan has many small strips."""
-    overheads = {
+def run_overheads(cluster: Cluster) -> dict[str, float]:
+    """Seconds of fixed cost per model run, from the devices' measured profiles (else none)."""
+    return {
         d.name: float(load_profile(d.profile).get("per_run_overhead_ms", 0.0)) / 1e3
         for d in cluster.devices
         if d.profile
     }
-    return Context(trunk, cluster, device_speeds(cluster), overheads)
+
+
+def context(trunk: Trunk, cluster: Cluster) -> Context:
+    """A measured profile also gives the fixed cost of one model run on the device, which
+    dominates when a plan has many small strips."""
+    return Context(trunk, cluster, device_speeds(cluster), run_overheads(cluster))
 
 
 def predict(ctx: Context, plan: Plan) -> Prediction:
     host = ctx.cluster.host.name
     schedule = build_schedule(ctx.trunk, plan, list(ctx.cluster.names), host)
     return simulate(schedule.programs, host, ctx.compute_seconds, ctx.transfer, ctx.tensor_specs)
+
+
+def predict_bundle(manifest: dict) -> Prediction:
+    """The cost model's timeline of a compiled bundle's programs, from its manifest alone."""
+    cluster = Cluster.from_dict(manifest["cluster"])
+    cost = manifest["cost"]
+
+    def compute_seconds(device: str, step: dict) -> float:
+        c = cost[device]
+        return step["macs"] / (c["gmacs"] * 1e9) + c["run_overhead_ms"] / 1e3
+
+    return simulate(manifest["programs"], cluster.host.name, compute_seconds,
+                    cluster_transfer(cluster), manifest["tensors"])
 
 
 def make_plan(ctx: Context, strategy: str) -> Plan:

@@ -1,0 +1,191 @@
+"""`halpc run`: drive a bundle from the host, check its outputs, measure it against the plan.
+
+The host side is `halpc_stub.host.HostSession`; this module adds what a user runs it for:
+starting local stubs (`spawn_stubs`, for a cluster on 127.0.0.1 or the netns lab), timing the
+unsplit model on the host for the speedup, bit-exact checks of every task, and the measured
+timeline beside the cost model's.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from halpc.errors import HalpcError
+from halpc.planner import predict_bundle
+from halpc.planner.cost import Event, Prediction
+from halpc.verify import OutputCheck, _compare
+from halpc_stub.errors import BundleError
+from halpc_stub.host import HostSession, TaskResult
+from halpc_stub.manifest import Manifest
+from halpc_stub.session import make_session
+
+Popen = Callable[..., subprocess.Popen]
+
+
+def local_popen(device: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+    return subprocess.Popen(argv, **kwargs)
+
+
+class Stubs:
+    """Stub processes started by `spawn_stubs`; their stderr goes to files, never a full pipe."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Any] = {}
+
+    def log(self, device: str) -> str:
+        self.logs[device].seek(0)
+        return self.logs[device].read().decode(errors="replace")
+
+    def check(self) -> None:
+        """Raise, with the stub's last words, if any stub has exited."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                last = self.log(name).strip().splitlines()
+                raise HalpcError(f"the stub of {name} exited with status {proc.returncode}"
+                                 + (f": {last[-1]}" if last else ""))
+
+
+@contextlib.contextmanager
+def spawn_stubs(bundle: str | Path, manifest: Manifest, popen: Popen = local_popen,
+                stdout: Any = None) -> Iterator[Stubs]:
+    """Start every device's stub with its own launch.sh, as on a board; stop them all on exit."""
+    stubs = Stubs()
+    env = {**os.environ, "HALPC_PYTHON": sys.executable}
+    try:
+        for device in manifest.devices:
+            if not device.host and manifest.program(device.name):
+                argv = [str(manifest.path(device.name, "launch.sh"))]
+                stubs.logs[device.name] = log = tempfile.TemporaryFile()
+                stubs.procs[device.name] = popen(device.name, argv, stdout=stdout, stderr=log, env=env)
+        yield stubs
+    finally:
+        for proc in stubs.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in stubs.procs.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in stubs.logs.values():
+            log.close()
+
+
+@dataclass
+class RunSummary:
+    results: list[TaskResult]
+    predicted: Prediction
+    started: float
+    ended: float
+    checks: list[OutputCheck] = field(default_factory=list)
+    local_s: list[float] = field(default_factory=list)  # the unsplit model on the host, per input
+
+    @property
+    def latencies_s(self) -> list[float]:
+        return [r.latency_s for r in self.results]
+
+    @property
+    def latency_s(self) -> float:
+        return statistics.median(self.latencies_s)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.results) / (self.ended - self.started)
+
+    @property
+    def local_latency_s(self) -> float | None:
+        return statistics.median(self.local_s) if self.local_s else None
+
+    @property
+    def exact(self) -> bool:
+        return all(c.exact for c in self.checks)
+
+    def measured(self, task: int = 0) -> Prediction:
+        """One task's measured timeline, in the cost model's terms (seconds from its start)."""
+        result = self.results[task]
+        events = tuple(
+            Event(e["device"], e["kind"], e["start"] - result.start, e["end"] - result.start,
+                  e["label"], e["peer"])
+            for e in result.events
+        )
+        end = max([result.latency_s] + [e.end for e in events])
+        return Prediction(result.latency_s, end, events)
+
+    def to_json(self) -> dict[str, Any]:
+        origin = self.started
+        return {
+            "latency_ms": self.latency_s * 1e3,
+            "latency_ms_per_task": [round(x * 1e3, 3) for x in self.latencies_s],
+            "throughput_per_s": self.throughput,
+            "predicted_latency_ms": self.predicted.latency_s * 1e3,
+            "local_latency_ms": None if self.local_latency_s is None else self.local_latency_s * 1e3,
+            "speedup": None if self.local_latency_s is None else self.local_latency_s / self.latency_s,
+            "throughput_speedup": None if self.local_latency_s is None else self.local_latency_s * self.throughput,
+            "exact": self.exact if self.checks else None,
+            "timeline": [
+                {"task": r.task, "device": e["device"], "kind": e["kind"],
+                 "start_ms": round((e["start"] - origin) * 1e3, 3),
+                 "end_ms": round((e["end"] - origin) * 1e3, 3), "label": e["label"], "peer": e["peer"]}
+                for r in self.results for e in r.events
+            ],
+        }
+
+
+def run(
+    bundle: str | Path,
+    inputs: list[dict[str, np.ndarray]],
+    in_flight: int = 2,
+    check: bool = False,
+    spawn: Popen | None = None,
+    timeout_s: float = 30.0,
+    bind: str | None = None,
+    stub_stdout: Any = None,
+) -> RunSummary:
+    """Run one task per input; `check` also runs the unsplit model on the host and compares."""
+    try:
+        host = HostSession(bundle, bind=bind, timeout_s=timeout_s)
+    except BundleError as exc:
+        raise HalpcError(str(exc)) from None
+    with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout) if spawn
+                else contextlib.nullcontext()) as stubs:
+        expected = _reference(host.manifest, inputs) if check else None
+        try:
+            host.connect(watch=stubs.check if stubs else None)
+            started = time.time()
+            results = list(host.stream(inputs, in_flight=in_flight))
+        except BundleError as exc:
+            raise HalpcError(str(exc)) from None
+        ended = max(r.end for r in results)
+    summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended)
+    if expected is not None:
+        summary.local_s = expected[1]
+        for result, wanted in zip(results, expected[0]):
+            for name, array in wanted.items():
+                summary.checks.append(_compare(f"task {result.task}", name, array, result.outputs[name]))
+    return summary
+
+
+def _reference(manifest: Manifest, inputs: list[dict[str, np.ndarray]]):
+    """The unsplit model's outputs for each input, and its time per input on the host."""
+    session = make_session(str(manifest.reference_model()), manifest.host.threads)
+    names = manifest.outputs
+    session.run(names, inputs[0])  # warm-up, as the stubs' sessions are warm after one task
+    outputs, seconds = [], []
+    for arrays in inputs:
+        at = time.perf_counter()
+        outputs.append(dict(zip(names, session.run(names, arrays))))
+        seconds.append(time.perf_counter() - at)
+    return outputs, seconds

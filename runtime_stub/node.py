@@ -1,0 +1,227 @@
+"""One device on the network: its sockets, its tasks in flight, and the loop that runs them.
+
+Every device, the host included, listens on one ZeroMQ PULL socket at its manifest address and
+pushes to its peers through one PUSH socket each. Sends never block (no high-water mark) and the
+ZeroMQ I/O thread moves bytes while ONNX Runtime computes, so one task's transfers overlap
+another's compute. Each task is a `run_program` generator with its own row store and inbox;
+`advance()` runs every task until it waits for rows, `receive()` files arriving rows into their
+task's inbox. Messages are checked against the manifest first (`wire.Inbound`); a bad one is
+logged with its reason and dropped, and never stops the device.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from halpc_stub import wire
+from halpc_stub.errors import BundleError
+from halpc_stub.executor import run_program
+from halpc_stub.manifest import Manifest
+from halpc_stub.store import RowStore
+
+log = logging.getLogger("halpc_stub")
+
+TaskKey = tuple[str, int]  # (host session, task id)
+RowsKey = tuple[str, str, tuple[int, int]]  # (sender, tensor, rows)
+MAX_LIVE_TASKS = 64
+REMEMBER_FINISHED = 4096
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def bind_endpoint(address: str) -> str:
+    """Listen on the manifest address's IP, or on every interface when it is a host name."""
+    host, port = split_address(address)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"tcp://*:{port}"
+    return f"tcp://[{ip}]:{port}" if ip.version == 6 else f"tcp://{ip}:{port}"
+
+
+def connect_endpoint(address: str) -> str:
+    host, port = split_address(address)
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+@dataclass
+class Task:
+    key: TaskKey
+    results: dict[str, np.ndarray] = field(default_factory=dict)
+    inbox: dict[RowsKey, np.ndarray] = field(default_factory=dict)
+    events: list[list[Any]] = field(default_factory=list)  # [kind, start, end, label, peer]
+    started: float = field(default_factory=time.time)
+    progressed: float = field(default_factory=time.time)
+    waiting: dict[str, Any] | None = None  # the recv step it is blocked in
+    runner: Iterator[None] | None = None
+    finished: float | None = None
+
+    def trace(self, kind: str, start: float, end: float, label: str, peer: str | None) -> None:
+        self.events.append([kind, start, end, label, peer])
+
+
+class _TaskTransport:
+    def __init__(self, node: Node, task: Task) -> None:
+        self.node, self.task = node, task
+
+    def send(self, step: dict[str, Any], array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        header = wire.rows_header(self.task.key[0], self.task.key[1], self.node.plan, self.node.name, step, array)
+        self.node.send(step["to"], header, array)
+
+    def try_recv(self, step: dict[str, Any]) -> np.ndarray | None:
+        array = self.task.inbox.pop((step["from"], step["tensor"], tuple(step["rows"])), None)
+        if array is None:
+            self.task.waiting = step
+        else:
+            self.task.waiting = None
+            self.task.progressed = time.time()
+        return array
+
+
+class Node:
+    def __init__(
+        self,
+        manifest: Manifest,
+        device: str,
+        session: Callable[[str], Any],
+        bind: str | None = None,
+    ) -> None:
+        entry = manifest.device(device)
+        self.name = entry.name
+        self.manifest = manifest
+        self.program = manifest.program(device)
+        self.specs = manifest.tensors
+        self.plan: str = manifest.data["plan_sha256"]
+        self.inbound = wire.Inbound(self.plan, self.program, self.specs)
+        self.session = session
+        self.addresses = {d.name: d.address for d in manifest.devices}
+        self.context = zmq.Context()
+        self.inbox = self.context.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.setsockopt(zmq.RCVHWM, 0)
+        self.endpoint = bind or bind_endpoint(entry.address)
+        if self.endpoint.startswith("tcp://[") or ":" in split_address(entry.address)[0]:
+            self.inbox.setsockopt(zmq.IPV6, 1)
+        try:
+            self.inbox.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            self.context.destroy(linger=0)
+            raise BundleError(
+                f"{device}: cannot listen on {self.endpoint} ({exc}); stop what uses the port, "
+                "or pass --bind tcp://IP:PORT with an address of this machine"
+            ) from None
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.peers: dict[str, zmq.Socket] = {}
+        self.tasks: OrderedDict[TaskKey, Task] = OrderedDict()
+        self.finished: OrderedDict[TaskKey, None] = OrderedDict()
+        self.rejected = 0
+        self.received = 0
+
+    # --- sockets -------------------------------------------------------------------------------
+
+    def send(self, to: str, header: bytes, array: np.ndarray | None = None) -> None:
+        sock = self.peers.get(to)
+        if sock is None:
+            sock = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.LINGER, 2000)
+            if ":" in split_address(self.addresses[to])[0]:
+                sock.setsockopt(zmq.IPV6, 1)
+            sock.connect(connect_endpoint(self.addresses[to]))
+            self.peers[to] = sock
+        if array is None:
+            sock.send(header)
+        else:
+            sock.send_multipart([header, array], copy=False)
+
+    def receive(self, timeout_ms: int) -> int:
+        """Take every waiting message, after waiting up to `timeout_ms` for the first."""
+        count = 0
+        if not self.poller.poll(timeout_ms):
+            return 0
+        while True:
+            try:
+                frames = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return count
+            count += 1
+            self.received += 1
+            try:
+                self.dispatch(wire.decode(frames), frames)
+            except wire.Rejected as exc:
+                self.rejected += 1
+                log.warning("%s: rejected a message: %s", self.name, exc)
+
+    def close(self) -> None:
+        for sock in self.peers.values():
+            sock.close()
+        self.inbox.close()
+        self.context.term()
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    def start(self, key: TaskKey, store: RowStore) -> Task:
+        task = Task(key)
+        task.runner = run_program(
+            self.program, store, self.session, _TaskTransport(self, task), task.results, task.trace
+        )
+        self.tasks[key] = task
+        return task
+
+    def advance(self) -> list[Task]:
+        """Run every task, oldest first, until it waits for rows; return those that finished."""
+        done = []
+        for key, task in list(self.tasks.items()):
+            try:
+                next(task.runner)  # type: ignore[arg-type]
+            except StopIteration:
+                task.finished = time.time()
+                del self.tasks[key]
+                self.finished[key] = None
+                if len(self.finished) > REMEMBER_FINISHED:
+                    self.finished.popitem(last=False)
+                done.append(task)
+        return done
+
+    def dispatch(self, header: dict[str, Any], frames: list[Any]) -> None:
+        handler = getattr(self, f"on_{header['kind']}")
+        handler(header, frames)
+
+    def on_rows(self, header: dict[str, Any], frames: list[Any]) -> None:
+        key = wire.task_of(header)
+        rows_key, array = self.inbound.rows(header, frames)
+        task = self.tasks.get(key)
+        if task is None:
+            if key in self.finished:
+                raise wire.Rejected(f"late rows for finished task {key[1]}")
+            task = self.unknown_task(key)
+        if rows_key in task.inbox:
+            raise wire.Rejected(f"task {key[1]}: {rows_key[1]!r} rows {list(rows_key[2])} received twice")
+        task.inbox[rows_key] = array
+        now = time.time()
+        task.trace("arrive", now, now, f"{rows_key[1]} rows {rows_key[2][0]}..{rows_key[2][1]}", rows_key[0])
+
+    def unknown_task(self, key: TaskKey) -> Task:
+        raise wire.Rejected(f"rows for unknown task {key[1]}")
+
+    def on_ping(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("ping sent to a device that does not answer pings")
+
+    def on_pong(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("unexpected pong")
+
+    def on_trace(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("unexpected trace")

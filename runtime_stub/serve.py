@@ -1,0 +1,67 @@
+"""A device that serves a host: starts a task when its first rows arrive, answers pings, reports.
+
+A task is identified by the host's session id and the task number. Rows for a task this device
+has not seen start it; rows for one it finished are late and dropped. After each task the
+device sends the host the timeline it measured (`trace`), which `halpc run` shows beside the
+prediction. A host that restarts (a new session id) makes the device drop the old session's
+unfinished tasks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import onnxruntime
+
+from halpc_stub import wire
+from halpc_stub.manifest import Manifest
+from halpc_stub.node import MAX_LIVE_TASKS, Node, TaskKey
+from halpc_stub.store import RowStore
+
+log = logging.getLogger("halpc_stub")
+
+
+class StubNode(Node):
+    def __init__(self, manifest: Manifest, device: str, session: Callable[[str], Any],
+                 bind: str | None = None) -> None:
+        super().__init__(manifest, device, session, bind)
+        self.host = manifest.host.name
+        self.current_session: str | None = None
+        self.served = 0
+
+    def _adopt(self, session: str) -> None:
+        if session != self.current_session:
+            stale = [key for key in self.tasks if key[0] != session]
+            if stale:
+                log.warning("%s: a new host session; dropping %d unfinished task(s)", self.name, len(stale))
+            for key in stale:
+                del self.tasks[key]
+            self.current_session = session
+
+    def on_ping(self, header: dict[str, Any], frames: list[Any]) -> None:
+        if header["from"] != self.host:
+            raise wire.Rejected(f"ping from {header['from']!r}, not the host {self.host!r}")
+        session, _ = wire.task_of({**header, "task": 0})
+        self._adopt(session)
+        self.send(self.host, wire.encode({
+            "kind": "pong", "from": self.name, "session": session, "plan": self.plan,
+            "onnxruntime": onnxruntime.__version__, "t": time.time(), "echo": header.get("t"),
+        }))
+
+    def unknown_task(self, key: TaskKey):
+        self._adopt(key[0])
+        if len(self.tasks) >= MAX_LIVE_TASKS:
+            raise wire.Rejected(f"{len(self.tasks)} tasks in flight already; task {key[1]} dropped")
+        return self.start(key, RowStore(self.specs))
+
+    def serve(self, stopping: Callable[[], bool]) -> None:
+        """Run tasks as their rows arrive until `stopping()` is true."""
+        while not stopping():
+            if self.receive(timeout_ms=100):
+                for task in self.advance():
+                    self.served += 1
+                    self.send(self.host, wire.encode({
+                        "kind": "trace", "from": self.name, "session": task.key[0],
+                        "task": task.key[1], "events": task.events,
+                    }))

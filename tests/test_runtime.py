@@ -1,0 +1,222 @@
+"""The runtime end to end: real `halpc-stub` processes on loopback, real sockets, real models.
+
+Each bundle's worker stubs are started from their own launch.sh (as on a board) on ports the
+kernel reports free; the host is this test process (`halpc.run.run`) or the `halpc run` command.
+Every output is compared bit for bit with the unsplit model.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+import models  # examples/models.py
+from bundles import free_ports, local_cluster, save
+from halpc import netlab
+from halpc.compile import compile_bundle
+from halpc.errors import HalpcError
+from halpc.run import local_popen, run, spawn_stubs
+from halpc.strategies import STRATEGIES
+from halpc.verify import random_inputs
+from halpc_stub import wire
+from halpc_stub.manifest import load_manifest
+
+# Slow, far devices would make dpfp/halp keep everything on the host; these make every
+# strategy use all three devices.
+FAST_LINKS = {"bandwidth_mbps": 2000, "gmacs": 1.0}
+
+
+def compile_local(tmp_path: Path, name: str, size: int, strategy: str, devices: int = 3,
+                  ips: list[str] | None = None) -> Path:
+    model = save(models.build(name, size, size, seed=1), tmp_path, f"{name}.onnx")
+    cluster = local_cluster(devices, ports=free_ports(devices), ips=ips, **FAST_LINKS)
+    out = tmp_path / f"{name}-{strategy}"
+    compile_bundle(model, cluster, out, strategy)
+    return out
+
+
+def run_exact(bundle: Path, tasks: int, in_flight: int = 2, spawn=local_popen):
+    manifest = load_manifest(bundle)
+    inputs = [random_inputs(manifest, seed) for seed in range(tasks)]
+    summary = run(bundle, inputs, in_flight=in_flight, check=True, spawn=spawn, timeout_s=60)
+    assert [r.task for r in summary.results] == list(range(tasks))
+    assert len(summary.checks) == tasks * len(manifest.outputs)
+    assert summary.exact, [c for c in summary.checks if not c.exact]
+    return manifest, summary
+
+
+def workers_used(manifest) -> int:
+    return sum(1 for d in manifest.devices if not d.host and manifest.program(d.name))
+
+
+@pytest.mark.parametrize("strategy", ["halp", "modnn"])
+def test_vgg16_on_three_stub_processes_is_exact(strategy: str, tmp_path: Path) -> None:
+    manifest, summary = run_exact(compile_local(tmp_path, "vgg16", 64, strategy), tasks=3)
+    assert workers_used(manifest) == 2
+    # Every device reported its timeline, and the host's sends reached their receivers.
+    devices = {e["device"] for r in summary.results for e in r.events}
+    assert devices == {"host", "dev-1", "dev-2"}
+    assert any(e["kind"] == "compute" and e["device"] == "dev-2" for e in summary.results[0].events)
+
+
+def test_twenty_tasks_stream_in_order_and_exact(tmp_path: Path) -> None:
+    manifest, summary = run_exact(compile_local(tmp_path, "resnet18", 64, "even"), tasks=20, in_flight=3)
+    assert summary.throughput > 0
+    # Tasks overlapped: with 3 in flight, some task started before the one before it ended.
+    starts = [r.start for r in summary.results]
+    ends = [r.end for r in summary.results]
+    assert any(starts[i + 1] < ends[i] for i in range(len(starts) - 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("vgg16", 96), ("mobilenet_v1_100", 96), ("resnet18", 96)])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_and_model_on_loopback(name: str, size: int, strategy: str, tmp_path: Path) -> None:
+    if strategy == "exhaustive" and name != "vgg16":
+        pytest.skip("exhaustive search refuses models with this many cut points")
+    manifest, _ = run_exact(compile_local(tmp_path, name, size, strategy), tasks=20, in_flight=2)
+    assert workers_used(manifest) == (0 if strategy == "local" else 2)
+
+
+def test_halpc_run_command_json_and_output(tmp_path: Path) -> None:
+    bundle = compile_local(tmp_path, "mobilenet_v1_025", 64, "even")
+    out = tmp_path / "y.npy"
+    proc = subprocess.run(
+        [sys.executable, "-m", "halpc.cli", "run", bundle, "--spawn", "--check", "--tasks", "4",
+         "--json", "--output", out],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["exact"] is True and len(report["latency_ms_per_task"]) == 4
+    assert report["throughput_per_s"] > 0 and report["speedup"] > 0
+    kinds = {(e["device"], e["kind"]) for e in report["timeline"]}
+    assert ("dev-1", "compute") in kinds and ("host", "send") in kinds
+    assert {e["task"] for e in report["timeline"]} == {0, 1, 2, 3}
+    assert np.load(out).shape == (1, 1000)
+
+
+def test_text_report_shows_speedup_and_timeline(tmp_path: Path) -> None:
+    bundle = compile_local(tmp_path, "vgg16", 32, "even")
+    proc = subprocess.run([sys.executable, "-m", "halpc.cli", "run", bundle, "--spawn", "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "1/1 bit-exact to the unsplit model" in proc.stdout
+    assert "speedup" not in proc.stdout or "x" in proc.stdout
+    assert "latency" in proc.stdout and "dev-2 |" in proc.stdout
+
+
+def test_no_stub_running_is_one_line_error(tmp_path: Path) -> None:
+    bundle = compile_local(tmp_path, "vgg16", 32, "even")
+    proc = subprocess.run([sys.executable, "-m", "halpc.cli", "run", bundle, "--timeout", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dev-1, dev-2 did not answer" in lines[0] and "halpc-stub" in lines[0]
+
+
+def test_stub_of_another_plan_is_refused(tmp_path: Path) -> None:
+    a = compile_local(tmp_path, "vgg16", 32, "even")
+    b = tmp_path / "other"
+    cluster = load_manifest(a).data["cluster"]
+    from halpc.cluster import Cluster
+    compile_bundle(save(models.build("vgg16", 32, 32, seed=2), tmp_path, "v2.onnx"),
+                   Cluster.from_dict(cluster), b, "even")
+    with spawn_stubs(b, load_manifest(b)):
+        with pytest.raises(HalpcError, match=r"dev-\d runs plan \w+, this bundle is plan"):
+            run(a, [random_inputs(load_manifest(a), 0)], timeout_s=10)
+
+
+def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
+    """Malformed, foreign and misfit messages are logged and dropped; tasks after them are exact."""
+    bundle = compile_local(tmp_path, "vgg16", 32, "even", devices=2)
+    manifest = load_manifest(bundle)
+    step = next(s for s in manifest.program("dev-1") if s["op"] == "recv")
+    spec = manifest.tensors[step["tensor"]]
+    good = np.zeros(spec.strip_shape(tuple(step["rows"])), np.dtype(spec.dtype))
+    plan = manifest.data["plan_sha256"]
+
+    def header(**changes) -> bytes:
+        h = json.loads(wire.rows_header("s1", 0, plan, "host", step, good))
+        h.update(changes)
+        return json.dumps(h).encode()
+
+    bad = [
+        [b"not json"],
+        [b"{}"],
+        [b"[1, 2]"],
+        [header(v=9), good],
+        [header(kind="launch"), good],
+        [header(plan="0" * 64), good],
+        [header(tensor="nope"), good],
+        [header(rows=[0, 10**9]), good],
+        [header(shape=[1, 2, 3]), good],
+        [header(dtype="float64"), good],
+        [header(block=99), good],
+        [header(task=-1), good],
+        [header(session=7), good],
+        [header(), np.ascontiguousarray(good[..., :1])],  # truncated buffer
+        [header()],  # no buffer
+        [header(), good, good],  # extra frame
+        [b"x" * 100_000, good],  # oversized header
+    ]
+    inputs = [random_inputs(manifest, s) for s in range(2)]
+    with spawn_stubs(bundle, manifest) as stubs:
+        assert run(bundle, inputs[:1], check=True, timeout_s=30).exact  # the stub is up
+        context = zmq.Context()
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect("tcp://" + manifest.device("dev-1").address)
+        for frames in bad:
+            push.send_multipart(frames)
+        time.sleep(0.5)
+        push.close()
+        context.term()
+        summary = run(bundle, inputs, check=True, timeout_s=30)
+        log = stubs.log("dev-1")
+    assert summary.exact
+    reasons = [line for line in log.splitlines() if "rejected a message" in line]
+    assert len(reasons) == len(bad), log
+    for words in ("not JSON", "protocol version 9", "unknown kind", "is not this device's plan",
+                  "no step receives 'nope'", "expected float32", "block 99", "bad task id -1",
+                  "bad session", "buffer of", "rows message with 1 frames", "exceeds"):
+        assert any(words in r for r in reasons), (words, reasons)
+
+
+# -- the emulated edge cluster: each worker in its own network namespace behind a tbf link ------
+
+LAB_UNAVAILABLE = netlab.available()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if LAB_UNAVAILABLE:
+        pytest.skip(f"no emulated cluster here: {LAB_UNAVAILABLE}")
+    with netlab.NetLab({"dev-1": 200, "dev-2": 200}) as lab:
+        yield lab
+
+
+def compile_in_lab(lab, tmp_path: Path, name: str, size: int, strategy: str) -> Path:
+    return compile_local(tmp_path, name, size, strategy, ips=[lab.host_ip, lab.ip("dev-1"), lab.ip("dev-2")])
+
+
+def test_vgg16_on_the_emulated_cluster_is_exact(lab, tmp_path: Path) -> None:
+    bundle = compile_in_lab(lab, tmp_path, "vgg16", 64, "halp")
+    manifest, summary = run_exact(bundle, tasks=5, spawn=lab.popen)
+    assert workers_used(manifest) == 2
+    assert manifest.device("dev-1").address.startswith(lab.ip("dev-1"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("vgg16", 96), ("mobilenet_v1_100", 96), ("resnet18", 96)])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "exhaustive"])
+def test_every_strategy_and_model_on_the_emulated_cluster(lab, name, size, strategy, tmp_path) -> None:
+    bundle = compile_in_lab(lab, tmp_path, name, size, strategy)
+    manifest, _ = run_exact(bundle, tasks=20, spawn=lab.popen)
+    assert workers_used(manifest) == (0 if strategy == "local" else 2)
