@@ -14,8 +14,14 @@ $(BIN)/halpc: pyproject.toml
 
 setup: $(BIN)/halpc
 
-# System packages some tests need: headless Chromium renders the `halpc plan --report` page.
+# System packages some tests need: headless Chromium renders the HTML reports; iproute2 (ip, tc)
+# builds the emulated cluster of network namespaces.
 system-deps:
+	@if command -v tc >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+	else echo "note: iproute2 is missing and you are not root: the emulated-cluster tests are skipped"; fi
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
