@@ -170,11 +170,18 @@ class Chart:
 
 
 def _chart(ctx, name: str, prediction, scale_s: float) -> Chart:
-    devices = list(ctx.cluster.names)
-    host = ctx.cluster.host.name
+    details = {}
+    for device in ctx.cluster.names:
+        busy = prediction.busy(device) / prediction.latency_s if prediction.latency_s else 0.0
+        details[device] = f"{ctx.speeds[device]:g} GMAC/s · busy {busy:.0%}"
+    return _make_chart(name, prediction, list(ctx.cluster.names), ctx.cluster.host.name, details, scale_s)
+
+
+def _make_chart(name: str, prediction, devices: list[str], host: str, details: dict[str, str],
+                scale_s: float) -> Chart:
+    """A chart of `prediction`, one row per device in `devices` order, `details` under each name."""
     rows = []
     for i, device in enumerate(devices):
-        busy = prediction.busy(device) / prediction.latency_s if prediction.latency_s else 0.0
         label = device if len(device) <= 16 else device[:15] + "…"
         if device == host and device != "host":
             label += " (host)"
@@ -183,7 +190,7 @@ def _chart(ctx, name: str, prediction, scale_s: float) -> Chart:
             "name": label,
             "full_name": device + (" (host)" if device == host else ""),
             "host": device == host,
-            "detail": f"{ctx.speeds[device]:g} GMAC/s · busy {busy:.0%}",
+            "detail": details.get(device, ""),
         })
     plot_height = len(devices) * ROW_HEIGHT
     return Chart(
@@ -270,8 +277,13 @@ def render_plan_report(ctx, plans: dict) -> str:
 
 def write_plan_report(path: str | os.PathLike, ctx, plans: dict) -> None:
     """Write the report to `path` atomically: a temporary file beside it, then os.replace."""
+    _write_atomic(path, render_plan_report(ctx, plans))
+
+
+def _write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` by a temporary file beside it and os.replace; a one-line HalpcError
+    (and no temporary file left) if that cannot be done."""
     path = Path(path)
-    text = render_plan_report(ctx, plans)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,3 +300,111 @@ def write_plan_report(path: str | os.PathLike, ctx, plans: dict) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# -- `halpc run --report`: the measured timeline beside the predicted one --------------------------
+
+RUN_TEMPLATE = "run_report.html.j2"
+_KINDS = ("compute", "send", "wait")
+
+
+def median_task(summary) -> int:
+    """Index in `summary.results` of the task whose latency is the median one (the lower middle
+    of an even count: a real task, never an average of two)."""
+    order = sorted(range(len(summary.results)), key=lambda i: (summary.results[i].latency_s, i))
+    return order[(len(order) - 1) // 2]
+
+
+def _measured_events(prediction, devices: list[str]):
+    """The measured events drawable on the chart: known kinds, no negative times (clock offsets
+    between devices are estimates), a "?" for a peer nobody named; unknown devices get a row."""
+    from dataclasses import replace
+
+    events = []
+    for e in prediction.events:
+        if e.kind not in _KINDS:
+            continue
+        start = max(e.start, 0.0)
+        peer = e.peer if e.peer is not None or e.kind == "compute" else "?"
+        events.append(replace(e, start=start, end=max(e.end, start), peer=peer))
+        if e.device not in devices:
+            devices.append(e.device)
+    return type(prediction)(prediction.latency_s, prediction.makespan_s, tuple(events))
+
+
+def render_run_report(manifest, summary) -> str:
+    """The `halpc run --report` page, as a string (see `write_run_report`)."""
+    from halpc.cluster import Cluster
+    from halpc.emit.bundle import templates
+
+    if not summary.results:
+        raise HalpcError("no tasks ran: nothing to report")
+    data = manifest.data
+    devices = [d.name for d in manifest.devices]
+    host = manifest.host.name
+    k = median_task(summary)
+    task = summary.results[k].task
+    predicted = summary.predicted
+    measured = _measured_events(summary.measured(k), devices)
+    # One scale for both charts: the longer timeline (a device may finish after the host).
+    scale_s = max(predicted.latency_s, predicted.makespan_s, measured.latency_s, measured.makespan_s) or 1e-3
+    cost = data.get("cost", {})
+
+    def busy(p, device: str) -> float:
+        return p.busy(device) / p.latency_s if p.latency_s else 0.0
+
+    predicted_details = {
+        d: (f"{cost[d]['gmacs']:g} GMAC/s · " if d in cost else "") + f"busy {busy(predicted, d):.0%}"
+        for d in devices
+    }
+    measured_details = {d: f"busy {busy(measured, d):.0%} (predicted {busy(predicted, d):.0%})" for d in devices}
+    charts = [
+        {"id": "predicted", "heading": "predicted (cost model)", "line": "predicted latency",
+         "chart": _make_chart("predicted", predicted, devices, host, predicted_details, scale_s)},
+        {"id": "measured", "heading": f"measured, task {task}", "line": f"task {task}'s latency",
+         "chart": _make_chart("measured", measured, devices, host, measured_details, scale_s)},
+    ]
+    lat = summary.latencies_s
+    local = summary.local_latency_s
+    checks = summary.checks
+    try:
+        links = _links(Cluster.from_dict(data["cluster"]))
+    except Exception:  # an older or hand-made manifest: the page does without
+        links = []
+    context = {
+        "model_name": data.get("model", {}).get("name", "model"),
+        "strategy": data.get("strategy", "?"),
+        "bundle": str(manifest.root),
+        "devices": [
+            {"name": d.name, "host": d.host, "address": d.address, "threads": d.threads,
+             "gmacs": cost.get(d.name, {}).get("gmacs")}
+            for d in manifest.devices
+        ],
+        "links": links,
+        "tasks": len(lat),
+        "median_ms": summary.latency_s * 1e3,
+        "min_ms": min(lat) * 1e3,
+        "max_ms": max(lat) * 1e3,
+        "predicted_ms": predicted.latency_s * 1e3,
+        "ratio": summary.latency_s / predicted.latency_s if predicted.latency_s else None,
+        "throughput": summary.throughput if summary.ended > summary.started else None,
+        "local_ms": None if local is None else local * 1e3,
+        "speedup": None if local is None else local / summary.latency_s,
+        "throughput_speedup": None if local is None or summary.ended <= summary.started
+        else local * summary.throughput,
+        "checks": len(checks),
+        "exact_checks": sum(c.exact for c in checks),
+        "exact": summary.exact if checks else None,
+        "task": task,
+        "scale_ms": scale_s * 1e3,
+        "ticks": time_ticks(scale_s),
+        "charts": charts,
+        "geo": {"label": LABEL_WIDTH, "plot": PLOT_WIDTH, "top": TOP, "row": ROW_HEIGHT},
+        "max_events": MAX_EVENTS,
+    }
+    return templates().get_template(RUN_TEMPLATE).render(context)
+
+
+def write_run_report(path: str | os.PathLike, manifest, summary) -> None:
+    """Write the run report to `path` atomically, like `write_plan_report`."""
+    _write_atomic(path, render_run_report(manifest, summary))

@@ -38,6 +38,7 @@ SCHEMA = "halpc-profile/1"
 ALL = "all"
 DEFAULT_HEIGHTS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 32, ALL)
 OVERHEAD_RUNS = 30  # runs of the near-empty strip (each some tens of microseconds)
+FLUSH_BYTES = 256 << 20  # touched between cold runs to evict the weights from every cache
 
 
 
@@ -130,6 +131,7 @@ def profile_device(
     del model, feeds
     say(f"whole trunk at full height: {trunk_s * 1e3:.2f} ms")
     overhead_s = _overhead(trunk, windowed, layout, threads, rng)
+    weight_gbps = _weight_rate(trunk, windowed, layout, threads, rng)
 
     windowed_macs = sum(layer.macs for layer in windowed)
     windowed_ms = sum(_full_ms(entry) for entry in layers.values())
@@ -151,6 +153,7 @@ def profile_device(
         },
         "gmacs": round(trunk.macs / trunk_s / 1e9, 3),
         "per_run_overhead_ms": round(overhead_s * 1e3, 4),
+        "weight_gbps": weight_gbps,
         "trunk": {
             "macs": trunk.macs,
             "ms": round(trunk_s * 1e3, 3),
@@ -243,6 +246,32 @@ def _overhead(trunk: Trunk, layers: Sequence[Layer], layout, threads: int,
     total = trunk.tensors[io.reference].rows
     model, feeds = _strip(trunk, io, _middle(1, total), layout, rng)
     return _median_run(model, feeds, threads, OVERHEAD_RUNS)
+
+
+def _weight_rate(trunk: Trunk, layers: Sequence[Layer], layout, threads: int,
+                 rng: np.random.Generator) -> float | None:
+    """GB/s at which a run reads weights that are not in cache, as in a bundle where every
+    strip's weights were evicted by the strips run since: a one-row strip of the layer with the
+    most weight bytes, timed cold (caches flushed before each run) less timed warm."""
+    from halpc_stub.session import make_session
+
+    layer = max(layers, key=lambda l: trunk.weight_bytes[l.position])
+    size = trunk.weight_bytes[layer.position]
+    io = _single_layer_io(trunk, layer)
+    model, feeds = _strip(trunk, io, _middle(1, trunk.tensors[io.reference].rows), layout, rng)
+    session = make_session(model.SerializeToString(), threads)
+    warm = median_run_seconds(session, feeds, OVERHEAD_RUNS)
+    flush = np.ones(FLUSH_BYTES // 4, dtype=np.float32)
+    cold = []
+    for _ in range(OVERHEAD_RUNS):
+        flush.max()  # read more memory than any cache holds
+        start = time.perf_counter()
+        session.run(None, feeds)
+        cold.append(time.perf_counter() - start)
+    extra = statistics.median(cold) - warm
+    if size < 1 << 20 or extra <= 0:
+        return None  # weights too small to measure, or no cost: leave them free
+    return round(size / extra / 1e9, 3)
 
 
 def fit_line(rows: Sequence[float], ms: Sequence[float]) -> tuple[float, float]:

@@ -199,7 +199,7 @@ def timeline_chart(prediction, devices: Sequence[str], title: str, width: int = 
         if event.device not in lanes or event.kind not in marks:
             continue
         lane = lanes[event.device][event.kind == "send"]
-        a = min(width - 1, int(event.start / span * width))
+        a = min(width - 1, max(0, int(event.start / span * width)))
         b = max(a + 1, min(width, round(event.end / span * width)))
         lane[a:b] = marks[event.kind] * (b - a)
     lines = [f"{title}: {span * 1e3:.1f} ms; # compute, . waiting for rows, - sending"]

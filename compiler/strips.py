@@ -118,3 +118,9 @@ def strip_macs(trunk: Trunk, io: BlockIO, rows: StripRows) -> int:
             produced = layer.rows_produced(out)
             total += layer.macs * (produced[1] - produced[0]) // trunk.tensors[layer.outputs[0]].rows
     return total
+
+
+def strip_weights(trunk: Trunk, io: BlockIO, rows: StripRows) -> int:
+    """Weight bytes one run of the strip reads: those of every layer it computes rows of."""
+    return sum(trunk.weight_bytes[layer.position] for layer in io.layers(trunk)
+               if layer.position in rows.layer_rows)

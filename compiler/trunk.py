@@ -137,6 +137,16 @@ class Trunk:
     def producer(self, tensor: str) -> Layer | None:
         return self._producers.get(tensor)
 
+    @cached_property
+    def weight_bytes(self) -> dict[int, int]:
+        """Bytes of constant inputs (weights, biases) per layer position: what a run of a strip
+        holding the layer reads from memory however few rows it computes."""
+        sizes = {
+            init.name: int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            for init in self.model.graph.initializer
+        }
+        return {layer.position: sum(sizes.get(name, 0) for name in layer.node.input) for layer in self.layers}
+
     def __post_init__(self) -> None:
         self._producers = {out: layer for layer in self.layers for out in layer.outputs}
 

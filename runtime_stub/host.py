@@ -87,6 +87,7 @@ class HostSession:
         self.node = _HostNode(self.manifest, host.name, sessions.__getitem__, bind,
                               session_id=secrets.token_hex(8))
         self.offsets: dict[str, float] = {}  # device clock minus host clock
+        self.connected = False
         self.next_task = 0
 
     def __enter__(self) -> HostSession:
@@ -133,9 +134,28 @@ class HostSession:
                     f"{device} runs onnxruntime {pong.get('onnxruntime')}, the host "
                     f"{onnxruntime.__version__}; outputs are bit-exact only with one build on every device"
                 )
-            sent = pong.get("echo")
-            if isinstance(sent, (int, float)) and isinstance(pong.get("t"), (int, float)):
-                self.offsets[device] = pong["t"] - (sent + pong["received"]) / 2
+        for device in self.workers:
+            self.offsets[device] = self._clock_offset(device)
+        self.connected = True
+
+    def _clock_offset(self, device: str, rounds: int = 5) -> float:
+        """The device's clock minus the host's, from the ping with the shortest round trip."""
+        node = self.node
+        best: tuple[float, float] | None = None
+        for _ in range(rounds):
+            sent = time.time()
+            node.send(device, wire.encode({"kind": "ping", "from": node.name,
+                                           "session": node.session_id, "t": sent}))
+            deadline = sent + 1.0
+            while time.time() < deadline:
+                node.receive(timeout_ms=20)
+                pong = node.pongs.get(device)
+                if pong is not None and pong.get("echo") == sent and isinstance(pong.get("t"), (int, float)):
+                    rtt = pong["received"] - sent
+                    if best is None or rtt < best[0]:
+                        best = (rtt, pong["t"] - (sent + pong["received"]) / 2)
+                    break
+        return best[1] if best else 0.0
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs of one task, bit-exact to the unsplit model's."""
@@ -145,7 +165,7 @@ class HostSession:
         """Results in input order, with up to `in_flight` tasks running at once."""
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
-        if len(self.node.pongs) < len(self.workers):
+        if not self.connected:
             self.connect()
         node = self.node
         pending = iter(inputs)

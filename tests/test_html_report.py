@@ -362,3 +362,142 @@ def test_report_renders_in_chromium(report, tmp_path):
     # The SVG bars are drawn: plenty of compute-blue and some send-orange pixels.
     assert _near(pixels, COMPUTE_RGB) > 20_000
     assert _near(pixels, SEND_RGB) > 1_000
+
+
+# -- (d) `halpc run --report`: measured beside predicted, from a hand-made run ---------------------
+
+
+def _run_inputs(tmp_path):
+    """A Manifest of 3 devices and a RunSummary of 3 tasks, made by hand (no cluster runs)."""
+    from bundles import local_cluster
+    from halpc.planner.cost import Prediction
+    from halpc.run import RunSummary
+    from halpc.verify import OutputCheck
+    from halpc_stub.host import TaskResult
+    from halpc_stub.manifest import Manifest
+
+    cluster = local_cluster(3)
+    data = {
+        "strategy": "halp",
+        "model": {"name": "tiny<i>&.onnx", "file": "reference/model.onnx"},
+        "devices": [{"name": d.name, "host": d.host, "address": d.address, "threads": d.threads}
+                    for d in cluster.devices],
+        "cluster": cluster.to_dict(),
+        "cost": {"host": {"gmacs": 8.0, "run_overhead_ms": 0.1}, "dev-1": {"gmacs": 12.5, "run_overhead_ms": 0.1},
+                 "dev-2": {"gmacs": 6.0, "run_overhead_ms": 0.1}},
+    }
+    manifest = Manifest(tmp_path, data)
+
+    def task(i: int, start: float, latency: float) -> TaskResult:
+        ev = lambda device, kind, a, b, label, peer=None: {  # noqa: E731
+            "device": device, "kind": kind, "start": start + a, "end": start + b, "label": label, "peer": peer}
+        return TaskResult(task=i, outputs={}, start=start, end=start + latency, events=[
+            ev("host", "send", 0.0, 0.004, "block00/x", "dev-1"),
+            ev("host", "compute", 0.004, 0.02, "block00_strip0.onnx"),
+            ev("dev-1", "wait", 0.0, 0.005, "block00/x", "host"),
+            ev("dev-1", "compute", 0.005, 0.025, "block00_strip1.onnx"),
+            ev("dev-1", "send", 0.025, 0.03, "block00/y", "host"),
+            ev("dev-2", "compute", 0.002, 0.022, "block01_strip2.onnx"),
+            ev("dev-2", "send", 0.022, 0.027, "block01/y", None),  # a peer nobody named
+            ev("host", "compute", 0.03, latency, "tail.onnx"),
+        ])
+
+    # Latencies 50, 70, 60 ms: the median is task 2's.
+    results = [task(0, 100.0, 0.05), task(1, 100.05, 0.07), task(2, 100.12, 0.06)]
+    predicted = Prediction(0.04, 0.045, (
+        Event("host", "compute", 0.0, 0.015, "block00_strip0.onnx"),
+        Event("host", "send", 0.0, 0.003, "block00/x", "dev-1"),
+        Event("dev-1", "wait", 0.0, 0.003, "block00/x", "host"),
+        Event("dev-1", "compute", 0.003, 0.02, "block00_strip1.onnx"),
+        Event("dev-1", "send", 0.02, 0.024, "block00/y", "host"),
+        Event("dev-2", "compute", 0.0, 0.045, "block01_strip2.onnx"),
+        Event("host", "compute", 0.025, 0.04, "tail.onnx"),
+    ))
+    summary = RunSummary(results=results, predicted=predicted, started=100.0, ended=100.18,
+                         checks=[OutputCheck(f"task {i}", "out", (1, 10), True, 0.0) for i in range(3)],
+                         local_s=[0.09, 0.1, 0.11])
+    return manifest, summary
+
+
+def test_run_report_shows_measured_beside_predicted(tmp_path):
+    from halpc.html import PLOT_WIDTH, median_task, render_run_report, write_run_report
+
+    manifest, summary = _run_inputs(tmp_path)
+    assert median_task(summary) == 2
+    out = tmp_path / "reports" / "run.html"
+    write_run_report(out, manifest, summary)
+    html = out.read_text(encoding="utf-8")
+    assert html == render_run_report(manifest, summary)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run.html"]
+    page = _Page()
+    page.feed(html)
+    page.close()
+    assert page.stack == [], f"unclosed tags: {page.stack}"
+
+    # Self-contained: nothing to fetch.
+    assert set(re.findall(r"https?://[^\s\"'<>)]*", html)) == {"http://www.w3.org/2000/svg"}
+    assert not {tag for tag, _ in page.tags} & {"script", "link", "img", "iframe", "object", "embed"}
+    assert not any("src" in attrs or ("href" in attrs and not attrs["href"].startswith("#"))
+                   for _, attrs in page.tags)
+    assert "url(" not in html and "@import" not in html
+
+    text = " ".join("".join(page.text).split())
+    assert "halpc run: tiny<i>&.onnx, halp plan on 3 devices" in text
+    assert "<i>&.onnx" not in html
+    # The summary: 3 tasks, median/min/max, predicted and the ratio, throughput, speedup, verdict.
+    for shown in ("60.00 ms", "50.00 – 70.00 ms", "40.00 ms", "1.50×", "16.67 tasks/s",
+                  "100.00 ms", "1.67×", "3/3 bit-exact to the unsplit model", "12.5"):
+        assert shown in text, shown
+
+    # Two charts, predicted first, the measured one of the median task, on one time scale.
+    svgs = [attrs for tag, attrs in page.tags if tag == "svg"]
+    assert [s["id"] for s in svgs] == ["svg-predicted", "svg-measured"]
+    assert "predicted (cost model)" in text and "measured, task 2" in text
+    assert "receiver took the rows" in text
+    latency_x = dict(re.findall(r'id="svg-(\w+)".*?<line class="latency" x1="([0-9.]+)"', html, re.S))
+    scale_ms = 60.0  # the longest timeline: task 2's measured latency
+    assert float(latency_x["measured"]) == pytest.approx(PLOT_WIDTH, abs=0.01)
+    assert float(latency_x["predicted"]) == pytest.approx(40 / scale_ms * PLOT_WIDTH, abs=0.01)
+    # One row per device, in manifest order, the host marked.
+    dev_rows = re.findall(r'<text class="dev( host)?" [^>]*><title>([^<]*)</title>', html)
+    assert dev_rows == [(" host", "host (host)"), ("", "dev-1"), ("", "dev-2")] * 2
+    # Measured sends end when the receiver took the rows; a send without a peer is drawn too.
+    measured = html[html.index('id="svg-measured"'):]
+    sends = re.findall(r'<rect class="send"[^>]*><title>([^<]*)</title>', measured)
+    assert "dev-2 → ?: sends block01/y, 22.00–27.00 ms (5.00 ms)" in sends and len(sends) == 3
+
+
+def test_write_run_report_fails_in_one_line(tmp_path):
+    from halpc.errors import HalpcError
+    from halpc.html import write_run_report
+
+    manifest, summary = _run_inputs(tmp_path)
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    with pytest.raises(HalpcError, match="cannot write the report") as info:
+        write_run_report(folder, manifest, summary)  # a folder: os.replace fails
+    assert "\n" not in str(info.value)
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_run_report_renders_in_chromium(tmp_path):
+    from halpc.html import write_run_report
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (the Debian package `chromium`): cannot render the run report")
+    manifest, summary = _run_inputs(tmp_path)
+    page, png = tmp_path / "run.html", tmp_path / "run.png"
+    write_run_report(page, manifest, summary)
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={png}",
+         "--window-size=1400,1000", page.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0 and png.exists(), proc.stderr[-3000:]
+    pixels = read_png(png.read_bytes())
+    assert pixels.shape[:2] == (1000, 1400)
+    assert _near(pixels, COMPUTE_RGB) > 5_000
+    assert _near(pixels, SEND_RGB) > 200

@@ -16,7 +16,7 @@ from typing import Any
 from halpc.emit.subgraph import tail_io
 from halpc.plan import Plan, Strip
 from halpc.rows import Rows, intersect, subtract
-from halpc.strips import BlockIO, StripRows, block_io, strip_at, strip_macs
+from halpc.strips import BlockIO, StripRows, block_io, strip_at, strip_macs, strip_weights
 from halpc.trunk import Trunk
 
 Step = dict[str, Any]
@@ -38,6 +38,10 @@ class StripJob:
     @cached_property
     def macs(self) -> int:
         return strip_macs(self.trunk, self.io, self.rows)
+
+    @cached_property
+    def weights(self) -> int:
+        return strip_weights(self.trunk, self.io, self.rows)
 
 
 @dataclass(frozen=True)
@@ -78,20 +82,33 @@ class Scheduler:
         self.owners: dict[str, list[tuple[str, Rows]]] = {trunk.input: [(host, full_input)]}
         self.traffic: dict[tuple[str, str], int] = {}
         self.exits = set(trunk.exits)
+        self.steps: dict[str, list[Step]] = {d: [] for d in devices}
+        # The run step that computed each owned piece, and the sends to make right after a run.
+        self.producer: dict[tuple[str, str, Rows], Step] = {}
+        self.then: dict[int, list[Step]] = {}
 
     def _message(self, block: int, sender: str, receiver: str, tensor: str, rows: Rows,
-                 sends: dict[str, list[Step]], recvs: dict[str, list[Step]]) -> None:
-        """One message, tagged with the block that needs (or, for exits, produced) its rows."""
+                 sends: dict[str, list[Step]], recvs: dict[str, list[Step]],
+                 producer: Step | None) -> None:
+        """One message, tagged with the block that needs (or, for exits, produced) its rows.
+
+        Rows a run computed are sent right after that run, not when the receiver's block
+        starts: the transfer overlaps the sender's next strips (sends never wait, so moving
+        one earlier cannot deadlock). Only the host's input rows go out at the block's start.
+        """
         head = {"tensor": tensor, "rows": list(rows), "block": block}
-        sends[sender].append({"op": "send", **head, "to": receiver})
+        send = {"op": "send", **head, "to": receiver}
+        if producer is None:
+            sends[sender].append(send)
+        else:
+            self.then.setdefault(id(producer), []).append(send)
         recvs[receiver].append({"op": "recv", **head, "from": sender})
         size = (rows[1] - rows[0]) * self.trunk.tensors[tensor].row_bytes
         self.traffic[(sender, receiver)] = self.traffic.get((sender, receiver), 0) + size
 
-    def add_block(
-        self, k: int, jobs: list[StripJob], inputs_held: bool = False
-    ) -> tuple[dict[str, list[Step]], list[Step]]:
-        """One block's steps per device, and the host's receives of its exits (to place later).
+    def add_block(self, k: int, jobs: list[StripJob], inputs_held: bool = False) -> list[Step]:
+        """Add one block's steps to every device; return the host's receives of its exits
+        (the caller places them: the host must not wait for exits before its next block).
 
         `inputs_held` starts mid-model (the planner costing one block after another): every
         strip is taken to hold its inputs already.
@@ -100,10 +117,10 @@ class Scheduler:
         sends: dict[str, list[Step]] = {d: [] for d in devices}
         recvs: dict[str, list[Step]] = {d: [] for d in devices}
         runs: dict[str, list[Step]] = {d: [] for d in devices}
-        after: dict[str, list[Step]] = {d: [] for d in devices}  # exit and gather sends
         exit_recvs: dict[str, list[Step]] = {d: [] for d in devices}
         gather_recvs: dict[str, list[Step]] = {d: [] for d in devices}
         new_owners: dict[str, list[tuple[str, Rows]]] = {}
+        charged: set[str] = set()
         for job in jobs:
             device = job.device
             held = self.holdings[device]
@@ -120,39 +137,84 @@ class Scheduler:
                         piece = intersect(gap, owned)
                         if piece is not None:
                             covered += piece[1] - piece[0]
-                            self._message(k, owner, device, tensor, piece, sends, recvs)
+                            producer = self.producer.get((tensor, owner, owned))
+                            self._message(k, owner, device, tensor, piece, sends, recvs, producer)
                             held.setdefault(tensor, []).append(piece)
                     assert covered == gap[1] - gap[0], f"no owner for {tensor} rows {gap}"
-            runs[device].append(
-                {
-                    "op": "run",
-                    "block": k,
-                    "model": job.file,
-                    "macs": job.macs,
-                    "inputs": {t: list(r) for t, r in job.rows.inputs.items()},
-                    "outputs": {t: list(r) for t, r in job.rows.outputs.items()},
-                }
-            )
+            run = {
+                "op": "run",
+                "block": k,
+                "model": job.file,
+                "macs": job.macs,
+                # A device reads a block's weights once: its other strips of the block find them
+                # in cache.
+                "weights": 0 if device in charged else job.weights,
+                "inputs": {t: list(r) for t, r in job.rows.inputs.items()},
+                "outputs": {t: list(r) for t, r in job.rows.outputs.items()},
+            }
+            runs[device].append(run)
+            charged.add(device)
             for tensor, rows in job.rows.outputs.items():
                 held.setdefault(tensor, []).append(rows)
                 owned = job.rows.owned[tensor]
                 new_owners.setdefault(tensor, []).append((device, owned))
+                self.producer[(tensor, device, owned)] = run
                 if device == host:
                     continue
                 if tensor in self.exits:
-                    self._message(k, device, host, tensor, owned, after, exit_recvs)
+                    self._message(k, device, host, tensor, owned, sends, exit_recvs, run)
                 elif self.gather:
-                    self._message(k, device, host, tensor, owned, after, gather_recvs)
+                    self._message(k, device, host, tensor, owned, sends, gather_recvs, run)
         for tensor, parts in new_owners.items():
             if self.gather and tensor not in self.exits:
                 whole = (0, self.trunk.tensors[tensor].rows)
                 self.holdings[host].setdefault(tensor, []).append(whole)
                 parts = [(host, whole)]
             self.owners[tensor] = parts
-        programs = {
-            d: sends[d] + recvs[d] + runs[d] + after[d] + gather_recvs[d] for d in devices
-        }
-        return programs, exit_recvs[host]
+        for d in devices:
+            self.steps[d] += sends[d] + recvs[d] + runs[d] + gather_recvs[d]
+        return exit_recvs[host]
+
+    def programs(self) -> dict[str, list[Step]]:
+        """Every device's steps so far, in the order that lets transfers overlap compute.
+
+        Within a block a device first runs the strips whose rows others wait for; each run is
+        followed by the sends of the rows it computed and preceded only by the receives it
+        needs, so a strip starts while rows for later strips are still on the way."""
+        return {device: self._order(steps) for device, steps in self.steps.items()}
+
+    def _order(self, steps: list[Step]) -> list[Step]:
+        program: list[Step] = []
+        pending: list[Step] = []  # this block's receives, not yet placed
+        group: list[Step] = []  # consecutive runs of one block
+
+        def flush_group() -> None:
+            group.sort(key=lambda run: id(run) not in self.then)
+            for run in group:
+                for recv in [r for r in pending if _feeds(r, run)]:
+                    pending.remove(recv)
+                    program.append(recv)
+                program.extend([run, *self.then.get(id(run), [])])
+            program.extend(pending)
+            pending.clear()
+            group.clear()
+
+        for step in steps:
+            if step["op"] == "run" and (not group or group[0]["block"] == step["block"]):
+                group.append(step)
+                continue
+            if group:
+                flush_group()
+            if step["op"] == "run":
+                group.append(step)
+            elif step["op"] == "recv" and not group:
+                pending.append(step)
+            else:
+                program.extend(pending)
+                pending.clear()
+                program.append(step)
+        flush_group()
+        return program
 
     def finish(self) -> list[Step]:
         """The host's last steps: the tail on whole tensors, then the graph outputs."""
@@ -173,16 +235,19 @@ class Scheduler:
         return steps + [{"op": "output", "tensors": outputs}]
 
 
+def _feeds(recv: Step, run: Step) -> bool:
+    """Whether a received piece holds rows the run reads."""
+    rows = run["inputs"].get(recv["tensor"])
+    return rows is not None and intersect(tuple(rows), tuple(recv["rows"])) is not None
+
+
 def build_schedule(trunk: Trunk, plan: Plan, devices: list[str], host: str) -> Schedule:
     jobs = strip_jobs(trunk, plan)
     scheduler = Scheduler(trunk, devices, host, gather=plan.exchange == "host")
-    programs: dict[str, list[Step]] = {d: [] for d in devices}
     exit_recvs: list[Step] = []
     for k in range(len(plan.blocks)):
-        steps, exits = scheduler.add_block(k, [j for j in jobs if j.block == k])
-        for d in devices:
-            programs[d] += steps[d]
-        exit_recvs += exits
+        exit_recvs += scheduler.add_block(k, [j for j in jobs if j.block == k])
+    programs = scheduler.programs()
     # Exits are collected last: the host must not wait for them before its next block.
     programs[host] += exit_recvs + scheduler.finish()
     return Schedule(tuple(jobs), programs, scheduler.traffic)

@@ -21,7 +21,7 @@ from halpc.errors import HalpcError
 from halpc.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.profile import load_profile
 from halpc.planner import shares
-from halpc.planner.cost import Prediction, cluster_transfer, simulate
+from halpc.planner.cost import Prediction, cluster_transfer, simulate, step_seconds
 from halpc.planner.search import Context, best_blocks, exhaustive_blocks, plan_cost
 from halpc.trunk import Trunk
 
@@ -36,19 +36,30 @@ def device_speeds(cluster: Cluster) -> dict[str, float]:
     }
 
 
+def _profiled(cluster: Cluster, key: str, scale: float = 1.0) -> dict[str, float]:
+    """A measured profile's figure per device that has a profile with it."""
+    found = {}
+    for d in cluster.devices:
+        value = load_profile(d.profile).get(key) if d.profile else None
+        if value is not None:
+            found[d.name] = float(value) * scale
+    return found
+
+
 def run_overheads(cluster: Cluster) -> dict[str, float]:
     """Seconds of fixed cost per model run, from the devices' measured profiles (else none)."""
-    return {
-        d.name: float(load_profile(d.profile).get("per_run_overhead_ms", 0.0)) / 1e3
-        for d in cluster.devices
-        if d.profile
-    }
+    return _profiled(cluster, "per_run_overhead_ms", 1e-3)
+
+
+def weight_rates(cluster: Cluster) -> dict[str, float]:
+    """GB/s at which each profiled device reads a strip's weights (else weights are free)."""
+    return _profiled(cluster, "weight_gbps")
 
 
 def context(trunk: Trunk, cluster: Cluster) -> Context:
-    """A measured profile also gives the fixed cost of one model run on the device, which
-    dominates when a plan has many small strips."""
-    return Context(trunk, cluster, device_speeds(cluster), run_overheads(cluster))
+    """A measured profile also gives the fixed cost of one model run and of reading its
+    weights, which dominate when a plan has many thin strips."""
+    return Context(trunk, cluster, device_speeds(cluster), run_overheads(cluster), weight_rates(cluster))
 
 
 def predict(ctx: Context, plan: Plan) -> Prediction:
@@ -64,7 +75,7 @@ def predict_bundle(manifest: dict) -> Prediction:
 
     def compute_seconds(device: str, step: dict) -> float:
         c = cost[device]
-        return step["macs"] / (c["gmacs"] * 1e9) + c["run_overhead_ms"] / 1e3
+        return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"))
 
     return simulate(manifest["programs"], cluster.host.name, compute_seconds,
                     cluster_transfer(cluster), manifest["tensors"])
@@ -110,7 +121,9 @@ def _layouts(ctx: Context, strategy: str):
     """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
     worse than local); halp may also choose host-assisted strips (so it is never worse than
     dpfp). All under the cost model."""
-    choosers = [shares.host_only, shares.contiguous] + ([shares.halp] if strategy == "halp" else [])
+    choosers = [shares.host_only, shares.contiguous]
+    if strategy == "halp":
+        choosers += [shares.halp, shares.boundary_first]
     return [lru_cache(maxsize=None)(lambda a, b, f=f: f(ctx, a, b)) for f in choosers]
 
 

@@ -3,7 +3,8 @@
 The programs are the ones `halpc compile` writes into the manifest and the devices run, so the
 prediction is of exactly what will execute. The model:
 
-- a `run` step takes the strip's multiply-accumulates divided by the device's GMAC/s;
+- a `run` step takes the strip's multiply-accumulates divided by the device's GMAC/s, plus the
+  fixed cost of a run and the time to read its weights, where the device's profile gives them;
 - a `send` leaves at once (the device goes on with its program) but occupies the sender's link:
   one device's sends go out one after the other, each taking bytes / bandwidth, and arrive one
   link latency after they are sent;
@@ -42,6 +43,16 @@ class Prediction:
 
     def busy(self, device: str, kind: str = "compute") -> float:
         return sum(e.end - e.start for e in self.events if e.device == device and e.kind == kind)
+
+
+def step_seconds(step: Step, gmacs: float, overhead_s: float = 0.0, weight_gbps: float | None = None) -> float:
+    """A run's time on a device: its MACs at the device's speed, the fixed cost of a run, and,
+    where the device's profile measured it, reading the strip's weights from memory (what
+    dominates a thin strip of a layer with large weights)."""
+    seconds = step["macs"] / (gmacs * 1e9) + overhead_s
+    if weight_gbps:
+        seconds += step.get("weights", 0) / (weight_gbps * 1e9)
+    return seconds
 
 
 def message_bytes(tensors: dict[str, dict[str, Any]], tensor: str, rows: list[int]) -> int:

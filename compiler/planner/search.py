@@ -17,7 +17,7 @@ from halpc.cluster import Cluster
 from halpc.emit.schedule import Scheduler, StripJob, block_jobs
 from halpc.errors import HalpcError
 from halpc.plan import BlockPlan, Strip
-from halpc.planner.cost import cluster_transfer, simulate
+from halpc.planner.cost import cluster_transfer, simulate, step_seconds
 from halpc.strips import BlockIO, block_io
 from halpc.trunk import Trunk
 
@@ -34,6 +34,7 @@ class Context:
     cluster: Cluster
     speeds: dict[str, float]  # GMAC/s
     overheads: dict[str, float] = field(default_factory=dict)  # seconds per model run
+    weight_rates: dict[str, float] = field(default_factory=dict)  # GB/s reading weights
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # for layout choosers
@@ -60,38 +61,36 @@ class Context:
         return self._jobs[key]
 
     def compute_seconds(self, device: str, step: dict) -> float:
-        return step["macs"] / (self.speeds[device] * 1e9) + self.overheads.get(device, 0.0)
+        return step_seconds(step, self.speeds[device], self.overheads.get(device, 0.0),
+                            self.weight_rates.get(device))
 
     def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
-        """Seconds from all devices starting `block` to the last of them finishing it.
+        """Seconds `block` adds to the timeline after `prev`, all devices starting `prev` together.
 
-        It depends on the block before only through who holds and owns the rows this block
-        reads, so blocks before that leave the same rows in the same places share one entry.
+        Rows `block` needs from other devices leave as soon as `prev`'s strip that computed
+        them is done, so a block's transfers can hide behind the end of the block before it:
+        the cost is the makespan of the two blocks played together less that of `prev` alone.
         """
-        left = None
-        if prev is not None:
-            inputs = self.io(block.start, block.stop).inputs
-            left = tuple(
-                (job.device, job.rows.owned.get(t), job.rows.held.get(t))
-                for job in self.jobs(prev.start, prev.stop, prev.strips)
-                for t in inputs
-            )
-        key = (left, block, gather)
+        key = (prev, block, gather)
         if key not in self._costs:
             names = list(self.cluster.names)
             host = self.cluster.host.name
             scheduler = Scheduler(self.trunk, names, host, gather)
+            before = 0.0
             if prev is not None:
                 scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)
-            programs, exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips))
+                before = self._makespan(scheduler.programs())
+            exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips))
+            programs = scheduler.programs()
             programs[host] = programs[host] + exit_recvs
             if block.stop == len(self.trunk.layers):
                 programs[host] += scheduler.finish()
-            prediction = simulate(
-                programs, host, self.compute_seconds, self.transfer, self.tensor_specs
-            )
-            self._costs[key] = prediction.makespan_s
+            self._costs[key] = self._makespan(programs) - before
         return self._costs[key]
+
+    def _makespan(self, programs: dict) -> float:
+        return simulate(programs, self.cluster.host.name, self.compute_seconds, self.transfer,
+                        self.tensor_specs).makespan_s
 
 
 def tensor_specs(trunk: Trunk) -> dict[str, dict]:

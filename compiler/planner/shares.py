@@ -16,6 +16,7 @@ from halpc.rows import Rows
 from halpc.strips import block_io, strip_at, strip_macs
 
 ROUNDS = 4
+EDGE_FRACTION = 4  # boundary_first: a device's edge strips take this fraction of its rows
 
 
 def _strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> tuple[float, Rows]:
@@ -173,3 +174,22 @@ def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> di
             start = link_free + link.latency_ms / 1e3
         finish[strip.device] = max(finish[strip.device], start) + seconds
     return finish
+
+
+def boundary_first(ctx: Context, start: int, stop: int, layout=None) -> tuple[Strip, ...]:
+    """A layout (halp's by default) with each device's rows next to another device's cut off
+    into a strip of their own, which the scheduler runs first: the rows a neighbour needs for
+    the next block leave while the device computes the rest of its share."""
+    strips = (layout or halp)(ctx, start, stop)
+    out: list[Strip] = []
+    for j, strip in enumerate(strips):
+        a, b = strip.rows
+        edge = max(1, (b - a) // EDGE_FRACTION)
+        top = j > 0 and strips[j - 1].device != strip.device
+        bottom = j + 1 < len(strips) and strips[j + 1].device != strip.device
+        cuts = sorted({a, b, *([a + edge] if top else []), *([b - edge] if bottom else [])})
+        if b - a < 2 * edge + 1 or len(cuts) == 2:
+            out.append(strip)
+            continue
+        out += [Strip(strip.device, (x, y)) for x, y in zip(cuts, cuts[1:])]
+    return tuple(out)
