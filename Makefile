@@ -28,7 +28,9 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "note: chromium is not installed and you are not root: run 'sudo apt-get install chromium' or the HTML screenshot test is skipped"; fi
 
-# Build VGG-16 (seeded weights), show its trunk, plan and split it over three local devices, prove it exact.
+# Build VGG-16 (seeded weights), show its trunk, plan and split it over three local devices,
+# prove it exact in one process, then run it for real: two stub processes on 127.0.0.1 serve
+# the host over TCP, every output checked against the unsplit model.
 demo: setup
 	mkdir -p $(DEMO)
 	$(BIN)/python examples/models.py vgg16 -o $(DEMO)/vgg16.onnx
@@ -36,6 +38,7 @@ demo: setup
 	$(BIN)/halpc plan $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml --report $(DEMO)/plan.html
 	$(BIN)/halpc compile $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml -o $(DEMO)/bundle
 	$(BIN)/halpc verify $(DEMO)/bundle --seeds 2
+	$(BIN)/halpc run $(DEMO)/bundle --spawn --check --tasks 5 --in-flight 1 --report $(DEMO)/run.html
 
 # Everything, slow tests included (what CI runs).
 test: setup system-deps
@@ -48,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/compile_time.py
 	$(BIN)/python benchmarks/strategies.py
 	$(BIN)/python benchmarks/cost_vs_measured.py
+	$(BIN)/python benchmarks/distributed.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

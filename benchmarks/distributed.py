@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,7 +81,8 @@ def measure(bundle: Path, lab, reference, inputs: list[dict], trunk) -> Cell:
     """Unsplit and distributed runs alternate, so both see the shared machine at one speed."""
     manifest = load_manifest(bundle)
     names = manifest.outputs
-    with spawn_stubs(bundle, manifest, lab.popen) as stubs, HostSession(bundle, timeout_s=60) as host:
+    with spawn_stubs(bundle, manifest, lab.popen, subprocess.DEVNULL) as stubs, \
+            HostSession(bundle, timeout_s=60) as host:
         host.connect(watch=stubs.check)
         host.run(inputs[0])  # warm-up, like the reference's first run in _timed
         reference.run(names, inputs[0])
@@ -89,7 +91,7 @@ def measure(bundle: Path, lab, reference, inputs: list[dict], trunk) -> Cell:
             at = time.perf_counter()
             expected = reference.run(names, feeds)
             local.append(time.perf_counter() - at)
-            result = next(host.stream([feeds], in_flight=1))
+            (result,) = host.stream([feeds], in_flight=1)
             split.append(result.latency_s)
             exact &= all(np.array_equal(e, result.outputs[n]) for n, e in zip(names, expected))
         streamed = list(host.stream(inputs, in_flight=2))
@@ -104,7 +106,8 @@ def measure(bundle: Path, lab, reference, inputs: list[dict], trunk) -> Cell:
 
 def ping_overhead_ms(bundle: Path, lab, rounds: int = 200) -> float:
     """Half the median ping round trip host -> stub -> host: JSON, ZeroMQ and both loops."""
-    with spawn_stubs(bundle, load_manifest(bundle), lab.popen) as stubs, HostSession(bundle) as host:
+    with spawn_stubs(bundle, load_manifest(bundle), lab.popen, subprocess.DEVNULL) as stubs, \
+            HostSession(bundle) as host:
         host.connect(watch=stubs.check)
         node = host.node
         times = []
@@ -114,9 +117,24 @@ def ping_overhead_ms(bundle: Path, lab, rounds: int = 200) -> float:
             node.send("dev-1", wire.encode({"kind": "ping", "from": "host", "session": node.session_id,
                                             "t": time.time()}))
             while "dev-1" not in node.pongs:
-                node.receive(timeout_ms=100)
+                if not node.receive(timeout_ms=5000):
+                    raise RuntimeError("dev-1 stopped answering pings")
             times.append(time.perf_counter() - at)
     return statistics.median(times) / 2 * 1e3
+
+
+def header_check_us(bundle: Path, rounds: int = 20000) -> float:
+    """Microseconds a device spends parsing and checking one rows header against its manifest."""
+    manifest = load_manifest(bundle)
+    step = next(s for s in manifest.program("dev-1") if s["op"] == "recv")
+    spec = manifest.tensors[step["tensor"]]
+    array = np.zeros(spec.strip_shape(tuple(step["rows"])), np.dtype(spec.dtype))
+    frames = [wire.rows_header("s", 0, manifest.data["plan_sha256"], "host", step, array), array.data]
+    inbound = wire.Inbound(manifest.data["plan_sha256"], manifest.program("dev-1"), manifest.tensors)
+    at = time.perf_counter()
+    for _ in range(rounds):
+        inbound.rows(wire.decode(frames), frames)
+    return (time.perf_counter() - at) / rounds * 1e6
 
 
 def main() -> None:
@@ -153,9 +171,11 @@ def main() -> None:
                         # The machine is shared and its speed drifts: plan with the GMAC/s
                         # `local` shows right now.
                         gmacs = trunk.macs / statistics.median(_timed(reference, inputs[:3])) / 1e9
-                        if overhead is None:  # measured once per lab, on the first bundle
-                            compile_bundle(path, cluster(lab, goodput, 0.1, profile, gmacs), out, strategy)
+                        if overhead is None:  # measured once per lab, on a bundle that uses dev-1
+                            compile_bundle(path, cluster(lab, goodput, 0.1, profile, gmacs), out, "even")
                             overhead = ping_overhead_ms(out, lab)
+                            print(f"{'':>7} per message: half a ping round trip {overhead:.3f} ms, "
+                                  f"header parse and check {header_check_us(out):.1f} us", flush=True)
                         compile_bundle(path, cluster(lab, goodput, overhead, profile, gmacs), out, strategy)
                         cell = measure(out, lab, reference, inputs, trunk)
                         print(f"{mbps:>7g} {goodput:>8.1f} {overhead:>7.3f} {strategy:<9} "

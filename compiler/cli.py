@@ -156,11 +156,14 @@ def verify(bundle: str, input_file: str | None, seeds: int) -> None:
               help="Start the other devices' stubs on this machine (a cluster on 127.0.0.1), stop them after.")
 @click.option("--json", "as_json", is_flag=True, help="Print latency, throughput and the timeline as JSON.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML page: measured vs predicted Gantt.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(0),
+              help="Untimed tasks first (sessions allocate their buffers on their first run).")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for a device's rows before giving up on the run.")
 @click.option("--bind", help="Listen here instead of the host's manifest address, e.g. tcp://*:5701.")
 def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int, in_flight: int,
-        check: bool, spawn: bool, as_json: bool, report: str | None, timeout: float, bind: str | None) -> None:
+        check: bool, spawn: bool, as_json: bool, report: str | None, warmup: int, timeout: float,
+        bind: str | None) -> None:
     """Run BUNDLE from the host, its devices' stubs serving; print latency and throughput."""
     import json
 
@@ -177,7 +180,7 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
     if output_file is not None:
         check_output_path(output_file, len(manifest.outputs))
     summary = run_bundle(bundle, inputs, in_flight, check, local_popen if spawn else None, timeout, bind,
-                         stub_stdout=sys.stderr if as_json else None)
+                         stub_stdout=sys.stderr if as_json else None, warmup=warmup)
     if output_file is not None:
         save_outputs(output_file, summary.results[-1].outputs)
     if report is not None:

@@ -308,13 +308,6 @@ RUN_TEMPLATE = "run_report.html.j2"
 _KINDS = ("compute", "send", "wait")
 
 
-def median_task(summary) -> int:
-    """Index in `summary.results` of the task whose latency is the median one (the lower middle
-    of an even count: a real task, never an average of two)."""
-    order = sorted(range(len(summary.results)), key=lambda i: (summary.results[i].latency_s, i))
-    return order[(len(order) - 1) // 2]
-
-
 def _measured_events(prediction, devices: list[str]):
     """The measured events drawable on the chart: known kinds, no negative times (clock offsets
     between devices are estimates), a "?" for a peer nobody named; unknown devices get a row."""
@@ -342,10 +335,9 @@ def render_run_report(manifest, summary) -> str:
     data = manifest.data
     devices = [d.name for d in manifest.devices]
     host = manifest.host.name
-    k = median_task(summary)
-    task = summary.results[k].task
+    task = summary.median_task()
     predicted = summary.predicted
-    measured = _measured_events(summary.measured(k), devices)
+    measured = _measured_events(summary.measured(task), devices)
     # One scale for both charts: the longer timeline (a device may finish after the host).
     scale_s = max(predicted.latency_s, predicted.makespan_s, measured.latency_s, measured.makespan_s) or 1e-3
     cost = data.get("cost", {})

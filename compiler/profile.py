@@ -132,6 +132,7 @@ def profile_device(
     say(f"whole trunk at full height: {trunk_s * 1e3:.2f} ms")
     overhead_s = _overhead(trunk, windowed, layout, threads, rng)
     weight_gbps = _weight_rate(trunk, windowed, layout, threads, rng)
+    message_s = _message_overhead()
 
     windowed_macs = sum(layer.macs for layer in windowed)
     windowed_ms = sum(_full_ms(entry) for entry in layers.values())
@@ -154,6 +155,7 @@ def profile_device(
         "gmacs": round(trunk.macs / trunk_s / 1e9, 3),
         "per_run_overhead_ms": round(overhead_s * 1e3, 4),
         "weight_gbps": weight_gbps,
+        "per_message_overhead_ms": round(message_s * 1e3, 4),
         "trunk": {
             "macs": trunk.macs,
             "ms": round(trunk_s * 1e3, 3),
@@ -237,7 +239,12 @@ def median_run_seconds(session, feeds: dict, repeat: int) -> float:
 def _overhead(trunk: Trunk, layers: Sequence[Layer], layout, threads: int,
               rng: np.random.Generator) -> float:
     """Median seconds of a near-empty strip run: one output row of the cheapest windowed layer
-    (per row), built and run like any strip. It is what a device pays per strip beyond MACs."""
+    (per row), built like any strip and run through the stub's executor (row store, feeds,
+    session, trace). It is what a device pays per strip beyond MACs."""
+    from halpc_stub.executor import run_program
+    from halpc_stub.session import make_session
+    from halpc_stub.store import RowStore, TensorSpec
+
     def per_row(layer: Layer) -> float:
         return layer.macs / trunk.tensors[layer.outputs[0]].rows
 
@@ -245,7 +252,51 @@ def _overhead(trunk: Trunk, layers: Sequence[Layer], layout, threads: int,
     io = _single_layer_io(trunk, layer)
     total = trunk.tensors[io.reference].rows
     model, feeds = _strip(trunk, io, _middle(1, total), layout, rng)
-    return _median_run(model, feeds, threads, OVERHEAD_RUNS)
+    session = make_session(model.SerializeToString(), threads)
+    specs = {}
+    for name, array in feeds.items():
+        info = trunk.tensors[name]
+        specs[name] = TensorSpec(tuple(array.shape), str(array.dtype), info.row_axis)
+    outputs = [o.name for o in model.graph.output]
+    step = {"op": "run", "model": "m", "inputs": {n: [0, specs[n].rows] for n in feeds},
+            "outputs": {n: [0, 1] for n in outputs}}
+    times = []
+    for _ in range(OVERHEAD_RUNS + 1):
+        store = RowStore(specs)
+        for name, array in feeds.items():
+            store.put(name, (0, specs[name].rows), array)
+        start = time.perf_counter()
+        for _ in run_program([step], store, lambda _file: session, None, {}, lambda *e: None):
+            pass
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def _message_overhead(rounds: int = 200) -> float:
+    """Seconds a device's processor spends on one message it sends or receives: the header,
+    ZeroMQ, and the receiver's checks against the manifest (a small rows message, in process)."""
+    import zmq
+
+    from halpc_stub import wire
+    from halpc_stub.store import TensorSpec
+
+    spec = TensorSpec((1, 64, 8, 56), "float32", 2)
+    step = {"op": "recv", "from": "a", "to": "b", "tensor": "t", "rows": [0, 1], "block": 0}
+    inbound = wire.Inbound("plan", [step], {"t": spec})
+    array = np.zeros(spec.strip_shape((0, 1)), np.float32)
+    context = zmq.Context()
+    pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    try:
+        pull.bind("inproc://profile")
+        push.connect("inproc://profile")
+        start = time.perf_counter()
+        for _ in range(rounds):
+            push.send_multipart([wire.rows_header("s", 0, "plan", "a", step, array), array], copy=False)
+            frames = pull.recv_multipart(copy=False)
+            inbound.rows(wire.decode(frames), frames)
+        return (time.perf_counter() - start) / rounds / 2  # half on each side
+    finally:
+        context.destroy(linger=0)
 
 
 def _weight_rate(trunk: Trunk, layers: Sequence[Layer], layout, threads: int,

@@ -156,15 +156,15 @@ def plans_json(trunk: Trunk, plans: dict) -> dict:
 
 
 def run_table(manifest, summary, in_flight: int) -> str:
-    """`halpc run`'s report: per-task latency, throughput, speedup and task 0's timeline."""
+    """`halpc run`'s report: per-task latency, throughput, speedup and the median task's timeline."""
     n = len(summary.results)
     exact = {}
     for c in summary.checks:
         exact[c.case] = exact.get(c.case, True) and c.exact
     rows = [
-        (r.task, f"{r.latency_s * 1e3:.1f}", "yes" if exact.get(f"task {r.task}") else
+        (i, f"{r.latency_s * 1e3:.1f}", "yes" if exact.get(f"task {i}") else
          ("NO" if summary.checks else "-"))
-        for r in summary.results
+        for i, r in enumerate(summary.results)
     ]
     lat = [x * 1e3 for x in summary.latencies_s]
     lines = [
@@ -185,7 +185,8 @@ def run_table(manifest, summary, in_flight: int) -> str:
         verdict = "bit-exact to the unsplit model" if summary.exact else "NOT bit-exact"
         lines.append(f"outputs     {good}/{len(summary.checks)} {verdict}")
     lines.append("")
-    lines.append(timeline_chart(summary.measured(0), [d.name for d in manifest.devices], "task 0"))
+    k = summary.median_task()
+    lines.append(timeline_chart(summary.measured(k), [d.name for d in manifest.devices], f"task {k}"))
     return "\n".join(lines)
 
 

@@ -24,8 +24,7 @@ import numpy as np
 from halpc.errors import HalpcError
 from halpc.planner import predict_bundle
 from halpc.planner.cost import Event, Prediction
-from halpc.verify import OutputCheck, _compare
-from halpc_stub.errors import BundleError
+from halpc.verify import OutputCheck, compare_output
 from halpc_stub.host import HostSession, TaskResult
 from halpc_stub.manifest import Manifest
 from halpc_stub.session import make_session
@@ -113,6 +112,11 @@ class RunSummary:
     def exact(self) -> bool:
         return all(c.exact for c in self.checks)
 
+    def median_task(self) -> int:
+        """The task whose latency is the median one (the lower middle of an even count)."""
+        order = sorted(range(len(self.results)), key=lambda i: (self.results[i].latency_s, i))
+        return order[(len(order) - 1) // 2]
+
     def measured(self, task: int = 0) -> Prediction:
         """One task's measured timeline, in the cost model's terms (seconds from its start)."""
         result = self.results[task]
@@ -136,10 +140,10 @@ class RunSummary:
             "throughput_speedup": None if self.local_latency_s is None else self.local_latency_s * self.throughput,
             "exact": self.exact if self.checks else None,
             "timeline": [
-                {"task": r.task, "device": e["device"], "kind": e["kind"],
+                {"task": i, "device": e["device"], "kind": e["kind"],
                  "start_ms": round((e["start"] - origin) * 1e3, 3),
                  "end_ms": round((e["end"] - origin) * 1e3, 3), "label": e["label"], "peer": e["peer"]}
-                for r in self.results for e in r.events
+                for i, r in enumerate(self.results) for e in r.events
             ],
         }
 
@@ -153,28 +157,26 @@ def run(
     timeout_s: float = 30.0,
     bind: str | None = None,
     stub_stdout: Any = None,
+    warmup: int = 1,
 ) -> RunSummary:
-    """Run one task per input; `check` also runs the unsplit model on the host and compares."""
-    try:
-        host = HostSession(bundle, bind=bind, timeout_s=timeout_s)
-    except BundleError as exc:
-        raise HalpcError(str(exc)) from None
+    """Run one task per input, after `warmup` untimed tasks; `check` also runs the unsplit
+    model on the host and compares. Tasks are numbered from 0 in `results` order."""
+    host = HostSession(bundle, bind=bind, timeout_s=timeout_s)
     with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout) if spawn
                 else contextlib.nullcontext()) as stubs:
         expected = _reference(host.manifest, inputs) if check else None
-        try:
-            host.connect(watch=stubs.check if stubs else None)
-            started = time.time()
-            results = list(host.stream(inputs, in_flight=in_flight))
-        except BundleError as exc:
-            raise HalpcError(str(exc)) from None
+        host.connect(watch=stubs.check if stubs else None)
+        for _ in range(warmup):  # every device opens its sessions' buffers on its first task
+            host.run(inputs[0])
+        started = time.time()
+        results = list(host.stream(inputs, in_flight=in_flight))
         ended = max(r.end for r in results)
     summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended)
     if expected is not None:
         summary.local_s = expected[1]
-        for result, wanted in zip(results, expected[0]):
+        for i, (result, wanted) in enumerate(zip(results, expected[0])):
             for name, array in wanted.items():
-                summary.checks.append(_compare(f"task {result.task}", name, array, result.outputs[name]))
+                summary.checks.append(compare_output(f"task {i}", name, array, result.outputs[name]))
     return summary
 
 

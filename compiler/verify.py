@@ -159,11 +159,11 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
         expected = dict(zip(manifest.outputs, reference.run(manifest.outputs, inputs)))
         got = run_bundle(manifest, inputs, sessions)
         for name in manifest.outputs:
-            checks.append(_compare(case, name, expected[name], got[name]))
+            checks.append(compare_output(case, name, expected[name], got[name]))
     return checks
 
 
-def _compare(case: str, name: str, expected: np.ndarray, got: np.ndarray) -> OutputCheck:
+def compare_output(case: str, name: str, expected: np.ndarray, got: np.ndarray) -> OutputCheck:
     if expected.shape != got.shape:
         return OutputCheck(case, name, tuple(got.shape), False, float("inf"))
     exact = bool(np.array_equal(expected, got))

@@ -159,7 +159,8 @@ class HostSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs of one task, bit-exact to the unsplit model's."""
-        return next(iter(self.stream([inputs], in_flight=1))).outputs
+        (result,) = self.stream([inputs], in_flight=1)
+        return result.outputs
 
     def stream(self, inputs: Iterable[dict[str, np.ndarray]], in_flight: int = 2) -> Iterator[TaskResult]:
         """Results in input order, with up to `in_flight` tasks running at once."""

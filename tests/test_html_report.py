@@ -420,10 +420,10 @@ def _run_inputs(tmp_path):
 
 
 def test_run_report_shows_measured_beside_predicted(tmp_path):
-    from halpc.html import PLOT_WIDTH, median_task, render_run_report, write_run_report
+    from halpc.html import PLOT_WIDTH, render_run_report, write_run_report
 
     manifest, summary = _run_inputs(tmp_path)
-    assert median_task(summary) == 2
+    assert summary.median_task() == 2
     out = tmp_path / "reports" / "run.html"
     write_run_report(out, manifest, summary)
     html = out.read_text(encoding="utf-8")

@@ -8,7 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
 from halpc.cluster import parse_cluster
-from halpc.planner import _layouts, compare, context, make_plan
+from halpc.emit.schedule import build_schedule
+from halpc.planner import _layouts, compare, context, make_plan, predict
 from halpc.planner.cost import simulate
 from halpc.planner.search import EXHAUSTIVE_LIMIT, best_blocks, exhaustive_blocks
 
@@ -155,3 +156,39 @@ def test_vgg16_strategies_rank_as_expected(tmp_path) -> None:
     assert latency["local"] / latency["halp"] >= 2.4
     assert latency["halp"] < min(latency["modnn"], latency["ftp"])
     assert latency["halp"] <= latency["dpfp"] * 1.01
+
+
+def test_profiled_overheads_enter_the_prediction(tmp_path) -> None:
+    """Per-run, per-message and weight-reading costs from a profile lengthen the timeline by
+    what they say: here every step of a 2-device even plan pays them."""
+    import json
+
+    import models
+
+    path = save(models.build("vgg16", 32, 32), tmp_path)
+    trunk = trunk_of(path)
+    profile = tmp_path / "p.json"
+    plain = context(trunk, _two_devices(tmp_path, None))
+    profile.write_text(json.dumps({"schema": "halpc-profile/1", "gmacs": 8.0, "per_run_overhead_ms": 1.0,
+                                   "per_message_overhead_ms": 0.5, "weight_gbps": 1.0, "layers": {}}))
+    costed = context(trunk, _two_devices(tmp_path, profile))
+    plan = make_plan(plain, "even")
+    base, slow = predict(plain, plan), predict(costed, plan)
+    steps = [s for p in build_schedule(trunk, plan, ["host", "dev-1"], "host").programs.values() for s in p]
+    runs = [s for s in steps if s["op"] == "run"]
+    assert all("weights" in s for s in runs) and sum(s["weights"] for s in runs) > 0
+    # Each device's busy time grows by exactly its runs' fixed and weight costs.
+    for device in ("host", "dev-1"):
+        mine = [s for s in build_schedule(trunk, plan, ["host", "dev-1"], "host").programs[device]
+                if s["op"] in ("run", "tail")]
+        extra = sum(1e-3 + s.get("weights", 0) / 1e9 for s in mine)
+        assert slow.busy(device) - base.busy(device) == pytest.approx(extra, rel=1e-9)
+    assert slow.latency_s > base.latency_s
+
+
+def _two_devices(folder, profile):
+    text = "[network]\nbandwidth_mbps = 100\nlatency_ms = 1\n"
+    for i, name in enumerate(("host", "dev-1")):
+        text += f'[[device]]\nname = "{name}"\naddress = "127.0.0.1:{7000 + i}"\n'
+        text += (f'profile = "{profile}"\n' if profile else "gmacs = 8.0\n") + ("host = true\n" if i == 0 else "")
+    return parse_cluster(text, source=str(folder / "c.toml"))

@@ -20,11 +20,11 @@ import models  # examples/models.py
 from bundles import free_ports, local_cluster, save
 from halpc import netlab
 from halpc.compile import compile_bundle
-from halpc.errors import HalpcError
 from halpc.run import local_popen, run, spawn_stubs
 from halpc.strategies import STRATEGIES
 from halpc.verify import random_inputs
 from halpc_stub import wire
+from halpc_stub.host import RunError
 from halpc_stub.manifest import load_manifest
 
 # Slow, far devices would make dpfp/halp keep everything on the host; these make every
@@ -45,7 +45,8 @@ def run_exact(bundle: Path, tasks: int, in_flight: int = 2, spawn=local_popen):
     manifest = load_manifest(bundle)
     inputs = [random_inputs(manifest, seed) for seed in range(tasks)]
     summary = run(bundle, inputs, in_flight=in_flight, check=True, spawn=spawn, timeout_s=60)
-    assert [r.task for r in summary.results] == list(range(tasks))
+    first = summary.results[0].task  # after the warm-up task
+    assert [r.task for r in summary.results] == list(range(first, first + tasks))
     assert len(summary.checks) == tasks * len(manifest.outputs)
     assert summary.exact, [c for c in summary.checks if not c.exact]
     return manifest, summary
@@ -132,7 +133,7 @@ def test_stub_of_another_plan_is_refused(tmp_path: Path) -> None:
     compile_bundle(save(models.build("vgg16", 32, 32, seed=2), tmp_path, "v2.onnx"),
                    Cluster.from_dict(cluster), b, "even")
     with spawn_stubs(b, load_manifest(b)):
-        with pytest.raises(HalpcError, match=r"dev-\d runs plan \w+, this bundle is plan"):
+        with pytest.raises(RunError, match=r"dev-\d runs plan \w+, this bundle is plan"):
             run(a, [random_inputs(load_manifest(a), 0)], timeout_s=10)
 
 
@@ -223,3 +224,27 @@ def test_every_strategy_and_model_on_the_emulated_cluster(lab, name, size, strat
     bundle = compile_in_lab(lab, tmp_path, name, size, strategy)
     manifest, _ = run_exact(bundle, tasks=20, spawn=lab.popen)
     assert workers_used(manifest) == (0 if strategy == "local" else 2)
+
+
+def test_run_and_stub_errors_are_one_line(tmp_path: Path) -> None:
+    bundle = compile_local(tmp_path, "vgg16", 32, "even", devices=2)
+
+    def one_line(argv: list, *words: str) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+
+    halpc = [sys.executable, "-m", "halpc.cli", "run"]
+    one_line(halpc + [tmp_path / "nowhere"], "no manifest.json")
+    one_line(halpc + [bundle, "--output", tmp_path / "y.npz"], "give a .npy path")
+    bad = tmp_path / "x.npy"
+    np.save(bad, np.zeros((1, 3, 8, 8), np.float32))
+    one_line(halpc + [bundle, "--input", bad], "input", "compiled for float32 1x3x32x32")
+    # A stub whose port is taken says so and how to fix it.
+    manifest = load_manifest(bundle)
+    with spawn_stubs(bundle, manifest) as stubs:
+        assert run(bundle, [random_inputs(manifest, 0)], check=True, timeout_s=30).exact
+        one_line([str(bundle / "dev-1" / "launch.sh")], "cannot listen on", "--bind")
+        stubs.check()
+    assert not (tmp_path / "y.npz").exists()

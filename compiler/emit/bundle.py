@@ -140,9 +140,9 @@ def _stub_sources() -> dict[str, bytes]:
 
 
 def _manifest(trunk: Trunk, plan: Plan, cluster: Cluster, schedule: Schedule) -> dict[str, Any]:
-    from halpc.planner import device_speeds, run_overheads, weight_rates  # the planner builds on emit
+    from halpc.planner import context  # the planner builds on emit
 
-    speeds, overheads, rates = device_speeds(cluster), run_overheads(cluster), weight_rates(cluster)
+    costs = context(trunk, cluster)
     graph = trunk.model.graph
     io_tensors: set[str] = set()
     for program in schedule.programs.values():
@@ -183,8 +183,9 @@ def _manifest(trunk: Trunk, plan: Plan, cluster: Cluster, schedule: Schedule) ->
         ],
         "cluster": cluster.to_dict(),
         "cost": {  # what the planner assumed of each device (for `halpc run` to compare)
-            name: {"gmacs": speeds[name], "run_overhead_ms": overheads.get(name, 0.0) * 1e3,
-                   "weight_gbps": rates.get(name)}
+            name: {"gmacs": costs.speeds[name], "run_overhead_ms": costs.overheads.get(name, 0.0) * 1e3,
+                   "weight_gbps": costs.weight_rates.get(name),
+                   "message_overhead_ms": costs.message_seconds(name) * 1e3}
             for name in cluster.names
         },
         "tensors": tensors,

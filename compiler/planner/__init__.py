@@ -56,16 +56,23 @@ def weight_rates(cluster: Cluster) -> dict[str, float]:
     return _profiled(cluster, "weight_gbps")
 
 
+def message_overheads(cluster: Cluster) -> dict[str, float]:
+    """Seconds each profiled device spends on one message it sends or receives."""
+    return _profiled(cluster, "per_message_overhead_ms", 1e-3)
+
+
 def context(trunk: Trunk, cluster: Cluster) -> Context:
-    """A measured profile also gives the fixed cost of one model run and of reading its
-    weights, which dominate when a plan has many thin strips."""
-    return Context(trunk, cluster, device_speeds(cluster), run_overheads(cluster), weight_rates(cluster))
+    """A measured profile also gives the fixed costs of a model run, of reading its weights and
+    of a message, which dominate when a plan has many thin strips."""
+    return Context(trunk, cluster, device_speeds(cluster), run_overheads(cluster), weight_rates(cluster),
+                   message_overheads(cluster))
 
 
 def predict(ctx: Context, plan: Plan) -> Prediction:
     host = ctx.cluster.host.name
     schedule = build_schedule(ctx.trunk, plan, list(ctx.cluster.names), host)
-    return simulate(schedule.programs, host, ctx.compute_seconds, ctx.transfer, ctx.tensor_specs)
+    return simulate(schedule.programs, host, ctx.compute_seconds, ctx.transfer, ctx.tensor_specs,
+                    ctx.message_seconds)
 
 
 def predict_bundle(manifest: dict) -> Prediction:
@@ -78,7 +85,8 @@ def predict_bundle(manifest: dict) -> Prediction:
         return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"))
 
     return simulate(manifest["programs"], cluster.host.name, compute_seconds,
-                    cluster_transfer(cluster), manifest["tensors"])
+                    cluster_transfer(cluster), manifest["tensors"],
+                    lambda device: cost[device].get("message_overhead_ms", 0.0) / 1e3)
 
 
 def make_plan(ctx: Context, strategy: str) -> Plan:

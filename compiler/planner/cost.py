@@ -9,6 +9,8 @@ prediction is of exactly what will execute. The model:
   one device's sends go out one after the other, each taking bytes / bandwidth, and arrive one
   link latency after they are sent;
 - a `recv` waits until its message has arrived;
+- where a device's profile measured it, sending or taking in a message also costs the device
+  its fixed per-message time (header, ZeroMQ, checks);
 - the task ends when the host has run the tail and has every output.
 
 Small enough to check by hand; tests do exactly that.
@@ -67,8 +69,10 @@ def simulate(
     compute_seconds: Callable[[str, Step], float],
     transfer: Callable[[str, str, int], tuple[float, float]],
     tensors: dict[str, dict[str, Any]],
+    message_seconds: Callable[[str], float] | None = None,
 ) -> Prediction:
-    """Play the programs out. `transfer(sender, receiver, bytes)` gives (link busy s, latency s)."""
+    """Play the programs out. `transfer(sender, receiver, bytes)` gives (link busy s, latency s);
+    `message_seconds(device)`, the device's own time to send or take in one message."""
     pc = {d: 0 for d in programs}
     clock = {d: 0.0 for d in programs}
     link_free = {d: 0.0 for d in programs}
@@ -83,6 +87,8 @@ def simulate(
                 step = program[pc[device]]
                 op = step["op"]
                 if op == "send":
+                    if message_seconds:
+                        clock[device] += message_seconds(device)
                     size = message_bytes(tensors, step["tensor"], step["rows"])
                     busy, latency = transfer(device, step["to"], size)
                     start = max(clock[device], link_free[device])
@@ -97,6 +103,8 @@ def simulate(
                     if arrivals[key] > clock[device]:
                         events.append(Event(device, "wait", clock[device], arrivals[key], step["tensor"], step["from"]))
                         clock[device] = arrivals[key]
+                    if message_seconds:
+                        clock[device] += message_seconds(device)
                 elif op in ("run", "tail"):
                     seconds = compute_seconds(device, step)
                     label = step["model"]

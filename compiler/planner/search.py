@@ -35,6 +35,7 @@ class Context:
     speeds: dict[str, float]  # GMAC/s
     overheads: dict[str, float] = field(default_factory=dict)  # seconds per model run
     weight_rates: dict[str, float] = field(default_factory=dict)  # GB/s reading weights
+    message_overheads: dict[str, float] = field(default_factory=dict)  # seconds per message
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # for layout choosers
@@ -88,9 +89,12 @@ class Context:
             self._costs[key] = self._makespan(programs) - before
         return self._costs[key]
 
+    def message_seconds(self, device: str) -> float:
+        return self.message_overheads.get(device, 0.0)
+
     def _makespan(self, programs: dict) -> float:
         return simulate(programs, self.cluster.host.name, self.compute_seconds, self.transfer,
-                        self.tensor_specs).makespan_s
+                        self.tensor_specs, self.message_seconds).makespan_s
 
 
 def tensor_specs(trunk: Trunk) -> dict[str, dict]:
