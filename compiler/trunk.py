@@ -47,7 +47,7 @@ class TensorInfo:
     def dtype(self) -> str:
         return _dtype_name(self.elem_type)
 
-    @property
+    @cached_property
     def row_bytes(self) -> int:
         """Bytes of one row: every axis but the row axis, times the element size."""
         other = [d for a, d in enumerate(self.shape) if a != self.row_axis]

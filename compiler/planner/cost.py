@@ -18,6 +18,7 @@ Small enough to check by hand; tests do exactly that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
@@ -59,8 +60,12 @@ def step_seconds(step: Step, gmacs: float, overhead_s: float = 0.0, weight_gbps:
 
 def message_bytes(tensors: dict[str, dict[str, Any]], tensor: str, rows: list[int]) -> int:
     spec = tensors[tensor]
-    per_row = int(np.prod([d for a, d in enumerate(spec["shape"]) if a != spec["row_axis"]]))
-    return per_row * np.dtype(spec["dtype"]).itemsize * (rows[1] - rows[0])
+    return _row_bytes(tuple(spec["shape"]), spec["row_axis"], spec["dtype"]) * (rows[1] - rows[0])
+
+
+@lru_cache(maxsize=None)
+def _row_bytes(shape: tuple[int, ...], row_axis: int, dtype: str) -> int:
+    return int(np.prod([d for a, d in enumerate(shape) if a != row_axis])) * np.dtype(dtype).itemsize
 
 
 def simulate(
@@ -70,9 +75,11 @@ def simulate(
     transfer: Callable[[str, str, int], tuple[float, float]],
     tensors: dict[str, dict[str, Any]],
     message_seconds: Callable[[str], float] | None = None,
+    record: bool = True,
 ) -> Prediction:
     """Play the programs out. `transfer(sender, receiver, bytes)` gives (link busy s, latency s);
-    `message_seconds(device)`, the device's own time to send or take in one message."""
+    `message_seconds(device)`, the device's own time to send or take in one message. Without
+    `record` the prediction has no events (the planner only needs the times)."""
     pc = {d: 0 for d in programs}
     clock = {d: 0.0 for d in programs}
     link_free = {d: 0.0 for d in programs}
@@ -95,20 +102,24 @@ def simulate(
                     link_free[device] = start + busy
                     key = (device, step["to"], step["tensor"], tuple(step["rows"]))
                     arrivals[key] = start + busy + latency
-                    events.append(Event(device, "send", start, start + busy, step["tensor"], step["to"]))
+                    if record:
+                        events.append(Event(device, "send", start, start + busy, step["tensor"], step["to"]))
                 elif op == "recv":
                     key = (step["from"], device, step["tensor"], tuple(step["rows"]))
                     if key not in arrivals:
                         break  # its sender has not got there yet
                     if arrivals[key] > clock[device]:
-                        events.append(Event(device, "wait", clock[device], arrivals[key], step["tensor"], step["from"]))
+                        if record:
+                            events.append(Event(device, "wait", clock[device], arrivals[key], step["tensor"],
+                                                step["from"]))
                         clock[device] = arrivals[key]
                     if message_seconds:
                         clock[device] += message_seconds(device)
                 elif op in ("run", "tail"):
                     seconds = compute_seconds(device, step)
                     label = step["model"]
-                    events.append(Event(device, "compute", clock[device], clock[device] + seconds, label))
+                    if record:
+                        events.append(Event(device, "compute", clock[device], clock[device] + seconds, label))
                     clock[device] += seconds
                 pc[device] += 1
                 progressed = True

@@ -23,7 +23,7 @@ from halpc.trunk import Trunk
 
 Layout = Callable[[int, int], tuple[Strip, ...]]  # (start, stop) -> strips of that block
 EXHAUSTIVE_LIMIT = 300_000  # plans: (layouts + 1) ** cut points
-MAX_BLOCK_CUTS = 8  # a block spans at most this many cut points: deeper ones redo too much halo
+MAX_BLOCK_CUTS = 6  # a block spans at most this many cut points: deeper ones redo too much halo (and cost planning time)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Context:
     message_overheads: dict[str, float] = field(default_factory=dict)  # seconds per message
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
+    _alone: dict = field(default_factory=dict)  # makespan of a block on its own
     memo: dict = field(default_factory=dict)  # for layout choosers
 
     def __post_init__(self) -> None:
@@ -80,7 +81,9 @@ class Context:
             before = 0.0
             if prev is not None:
                 scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)
-                before = self._makespan(scheduler.programs())
+                if (prev, gather) not in self._alone:
+                    self._alone[(prev, gather)] = self._makespan(scheduler.programs())
+                before = self._alone[(prev, gather)]
             exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips))
             programs = scheduler.programs()
             programs[host] = programs[host] + exit_recvs
@@ -94,7 +97,7 @@ class Context:
 
     def _makespan(self, programs: dict) -> float:
         return simulate(programs, self.cluster.host.name, self.compute_seconds, self.transfer,
-                        self.tensor_specs, self.message_seconds).makespan_s
+                        self.tensor_specs, self.message_seconds, record=False).makespan_s
 
 
 def tensor_specs(trunk: Trunk) -> dict[str, dict]:
