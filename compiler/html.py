@@ -381,9 +381,8 @@ def render_run_report(manifest, summary) -> str:
         "ratio": summary.latency_s / predicted.latency_s if predicted.latency_s else None,
         "throughput": summary.throughput if summary.ended > summary.started else None,
         "local_ms": None if local is None else local * 1e3,
-        "speedup": None if local is None else local / summary.latency_s,
-        "throughput_speedup": None if local is None or summary.ended <= summary.started
-        else local * summary.throughput,
+        "speedup": summary.speedup,
+        "throughput_speedup": summary.throughput_speedup if summary.ended > summary.started else None,
         "checks": len(checks),
         "exact_checks": sum(c.exact for c in checks),
         "exact": summary.exact if checks else None,

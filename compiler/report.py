@@ -178,8 +178,8 @@ def run_table(manifest, summary, in_flight: int) -> str:
     if summary.local_latency_s is not None:
         lines.append(
             f"unsplit     {summary.local_latency_s * 1e3:.1f} ms on the host "
-            f"({manifest.host.threads} thread(s)): latency {summary.local_latency_s / summary.latency_s:.2f}x, "
-            f"throughput {summary.local_latency_s * summary.throughput:.2f}x faster split"
+            f"({manifest.host.threads} thread(s)): latency {summary.speedup:.2f}x, "
+            f"throughput {summary.throughput_speedup:.2f}x faster split"
         )
         good = sum(c.exact for c in summary.checks)
         verdict = "bit-exact to the unsplit model" if summary.exact else "NOT bit-exact"

@@ -109,6 +109,18 @@ class RunSummary:
         return statistics.median(self.local_s) if self.local_s else None
 
     @property
+    def speedup(self) -> float | None:
+        """Median unsplit latency over median split latency (None without --check)."""
+        local = self.local_latency_s
+        return None if local is None else local / self.latency_s
+
+    @property
+    def throughput_speedup(self) -> float | None:
+        """Tasks per second split against the unsplit model's one task per its latency."""
+        local = self.local_latency_s
+        return None if local is None else local * self.throughput
+
+    @property
     def exact(self) -> bool:
         return all(c.exact for c in self.checks)
 
@@ -136,8 +148,8 @@ class RunSummary:
             "throughput_per_s": self.throughput,
             "predicted_latency_ms": self.predicted.latency_s * 1e3,
             "local_latency_ms": None if self.local_latency_s is None else self.local_latency_s * 1e3,
-            "speedup": None if self.local_latency_s is None else self.local_latency_s / self.latency_s,
-            "throughput_speedup": None if self.local_latency_s is None else self.local_latency_s * self.throughput,
+            "speedup": self.speedup,
+            "throughput_speedup": self.throughput_speedup,
             "exact": self.exact if self.checks else None,
             "timeline": [
                 {"task": i, "device": e["device"], "kind": e["kind"],

@@ -15,7 +15,6 @@ import onnxruntime as ort
 
 from halpc_stub.store import RowStore, TensorSpec
 
-Rows = tuple[int, int]
 # trace(kind, start, end, label, peer): kind is "compute", "send" or "wait" (blocked in a recv).
 Trace = Callable[[str, float, float, str, "str | None"], None]
 

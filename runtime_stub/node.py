@@ -50,6 +50,10 @@ def bind_endpoint(address: str) -> str:
     return f"tcp://[{ip}]:{port}" if ip.version == 6 else f"tcp://{ip}:{port}"
 
 
+def _is_ipv6(address: str) -> bool:
+    return ":" in split_address(address)[0]
+
+
 def connect_endpoint(address: str) -> str:
     host, port = split_address(address)
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
@@ -112,7 +116,7 @@ class Node:
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         self.endpoint = bind or bind_endpoint(entry.address)
-        if self.endpoint.startswith("tcp://[") or ":" in split_address(entry.address)[0]:
+        if self.endpoint.startswith("tcp://[") or _is_ipv6(entry.address):
             self.inbox.setsockopt(zmq.IPV6, 1)
         try:
             self.inbox.bind(self.endpoint)
@@ -138,7 +142,7 @@ class Node:
             sock = self.context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 2000)
-            if ":" in split_address(self.addresses[to])[0]:
+            if _is_ipv6(self.addresses[to]):
                 sock.setsockopt(zmq.IPV6, 1)
             sock.connect(connect_endpoint(self.addresses[to]))
             self.peers[to] = sock

@@ -114,10 +114,11 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
         # The DP's objective adds blocks pairwise; on the full timeline a plan it prefers can
         # lose to one with fewer choices. Keep the promise: halp is never predicted slower
         # than dpfp, nor either slower than local.
+        ours = round(predict(ctx, _plan(ctx, strategy, blocks)).latency_s * 1e3, 3)
         for simpler in ("local", "dpfp") if strategy == "halp" else ("local",):
             other = make_plan(ctx, simpler)
-            if predict(ctx, other).latency_s < predict(ctx, _plan(ctx, strategy, blocks)).latency_s:
-                blocks, objective = list(other.blocks), None
+            if other.predicted["latency_ms"] < ours:
+                blocks, objective, ours = list(other.blocks), None, other.predicted["latency_ms"]
     elif strategy == "exhaustive":
         blocks, objective = exhaustive_blocks(ctx, _layouts(ctx, "halp"))
     else:

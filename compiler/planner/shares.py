@@ -7,6 +7,8 @@
   the host computes the overlapping zones between them, plus a strip of its own at the top,
   sized so that all finish together. In the first block the host also sends every secondary its
   segment, one after the other, while it computes: later secondaries start later and get less.
+- `boundary_first`: halp's layout with every device's rows next to a neighbour as a strip of
+  their own, run first (halp's strategy uses this one).
 """
 from __future__ import annotations
 
@@ -176,11 +178,11 @@ def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> di
     return finish
 
 
-def boundary_first(ctx: Context, start: int, stop: int, layout=None) -> tuple[Strip, ...]:
-    """A layout (halp's by default) with each device's rows next to another device's cut off
-    into a strip of their own, which the scheduler runs first: the rows a neighbour needs for
-    the next block leave while the device computes the rest of its share."""
-    strips = (layout or halp)(ctx, start, stop)
+def boundary_first(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
+    """halp's layout with each device's rows next to another device's cut off into a strip of
+    their own, which the scheduler runs first: the rows a neighbour needs for the next block
+    leave while the device computes the rest of its share."""
+    strips = halp(ctx, start, stop)
     out: list[Strip] = []
     for j, strip in enumerate(strips):
         a, b = strip.rows
