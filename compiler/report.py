@@ -89,9 +89,24 @@ def bundle_summary(result: Compiled, seconds: float) -> str:
     lines = [
         f"strategy   {plan.strategy}: {len(plan.blocks)} blocks over {len(trunk.layers)} trunk layers",
         table(("device", "role", "strips", "MB sent/task"), rows, right={2, 3}),
-        f"wrote      {summary.path}/ ({summary.files} files, {summary.bytes / 1e6:.1f} MB) in {seconds:.2f} s",
     ]
+    if len(result.entries) > 1:
+        lines.append(f"plans      {len(result.entries)} (the first is the default)")
+        lines.append(plan_entries_table(result.entries))
+    lines.append(f"wrote      {summary.path}/ ({summary.files} files, {summary.bytes / 1e6:.1f} MB) in {seconds:.2f} s")
     return "\n".join(lines)
+
+
+def plan_entries_table(entries) -> str:
+    """The plans of a bundle: variant, accuracy, the rates each serves, its predicted latency."""
+    rows = [
+        (e.id, e.variant or "", "" if e.accuracy is None else f"{e.accuracy:g}",
+         ",".join(f"{b:g}" for b in e.bandwidths) or "-", len(e.plan.blocks),
+         f"{e.plan.predicted.get('latency_ms', float('nan')):.2f}")
+        for e in entries
+    ]
+    return table(("plan", "variant", "top-1 %", "planned for Mbit/s", "blocks", "predicted ms"), rows,
+                 right={2, 4, 5})
 
 
 def verify_table(checks: Sequence[OutputCheck]) -> str:
@@ -166,15 +181,29 @@ def run_table(manifest, summary, in_flight: int) -> str:
          ("NO" if summary.checks else "-"))
         for i, r in enumerate(summary.results)
     ]
+    header: tuple[str, ...] = ("task", "latency ms", "exact")
+    if summary.decisions:  # a policy chose each task's plan
+        header += ("plan", "predicted ms", "link estimate Mbit/s")
+        rows = [
+            (*row, r.plan, f"{choice.predicted_s * 1e3:.1f}",
+             ", ".join(f"{d} {v:.3g}" for d, v in estimate.items()))
+            for row, r, (choice, estimate) in zip(rows, summary.results, summary.decisions)
+        ]
     lat = [x * 1e3 for x in summary.latencies_s]
+    plans = len(manifest.plans)
     lines = [
-        f"ran {manifest.root}: {manifest.data['strategy']} plan over {len(manifest.devices)} devices, "
-        f"{n} task(s), {min(in_flight, n)} in flight",
-        table(("task", "latency ms", "exact"), rows, right={0, 1}),
+        f"ran {manifest.root}: {manifest.data['strategy']} plan over {len(manifest.devices)} devices"
+        + (f" (and {plans - 1} other plans)" if plans > 1 else "")
+        + f", {n} task(s), {min(in_flight, n)} in flight",
+        table(header, rows, right={0, 1, 4}),
         f"latency     median {summary.latency_s * 1e3:.1f} ms (min {min(lat):.1f}, max {max(lat):.1f}); "
         f"cost model {summary.predicted.latency_s * 1e3:.1f} ms",
         f"throughput  {summary.throughput:.2f} tasks/s",
     ]
+    if summary.deadline_s is not None:
+        met = round(summary.reliability * n)
+        lines.append(f"deadline    {summary.deadline_s * 1e3:g} ms: {met}/{n} tasks met it "
+                     f"({summary.reliability:.0%} reliability)")
     if summary.local_latency_s is not None:
         lines.append(
             f"unsplit     {summary.local_latency_s * 1e3:.1f} ms on the host "

@@ -148,18 +148,23 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
             cache[key] = make_session(str(manifest.path(device.name, file)), device.threads)
         return cache[key]
 
-    reference = make_session(str(manifest.reference_model()), manifest.host.threads)
     cases: list[tuple[str, dict[str, np.ndarray]]]
     if input_file is not None:
         cases = [(Path(input_file).name, load_inputs(manifest, Path(input_file)))]
     else:
         cases = [(f"seed {s}", random_inputs(manifest, s)) for s in range(seeds)]
+    plans = manifest.plans
     checks = []
-    for case, inputs in cases:
-        expected = dict(zip(manifest.outputs, reference.run(manifest.outputs, inputs)))
-        got = run_bundle(manifest, inputs, sessions)
-        for name in manifest.outputs:
-            checks.append(compare_output(case, name, expected[name], got[name]))
+    references: dict[Path, object] = {}
+    for plan in plans:  # every plan against its own variant's unsplit model
+        path = plan.reference_model()
+        reference = references.get(path) or references.setdefault(path, make_session(str(path), plan.host.threads))
+        for case, inputs in cases:
+            expected = dict(zip(plan.outputs, reference.run(plan.outputs, inputs)))
+            got = run_bundle(plan, inputs, sessions)
+            label = f"{plan.id} {case}" if len(plans) > 1 else case
+            for name in plan.outputs:
+                checks.append(compare_output(label, name, expected[name], got[name]))
     return checks
 
 

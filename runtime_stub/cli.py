@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         device = manifest.device(args.device)
         manifest.check_files(device.name)
         sessions = load_sessions(manifest, device.name)
+        plans = manifest.plans
         steps = len(manifest.program(device.name))
-        print(f"halpc-stub: {device.name}: {len(sessions)} models verified and loaded, {steps} steps per task",
-              flush=True)
+        more = f" ({len(plans) - 1} alternative plans)" if len(plans) > 1 else ""
+        print(f"halpc-stub: {device.name}: {len(sessions)} models verified and loaded, {steps} steps per task"
+              f"{more}", flush=True)
         if args.check:
             return 0
         node = StubNode(manifest, device.name, sessions.__getitem__, args.bind)

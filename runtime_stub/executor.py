@@ -15,8 +15,9 @@ import onnxruntime as ort
 
 from halpc_stub.store import RowStore, TensorSpec
 
-# trace(kind, start, end, label, peer): kind is "compute", "send" or "wait" (blocked in a recv).
-Trace = Callable[[str, float, float, str, "str | None"], None]
+# trace(kind, start, end, label, peer, nbytes): kind is "compute", "send" or "wait" (blocked in
+# a recv); nbytes is what a send sent.
+Trace = Callable[[str, float, float, str, "str | None", int], None]
 
 
 class Transport(Protocol):
@@ -56,9 +57,10 @@ def run_program(
         if op == "send":
             rows = tuple(step["rows"])
             at = clock()
-            transport.send(step, store.get(step["tensor"], rows))
+            array = store.get(step["tensor"], rows)
+            transport.send(step, array)
             if trace:
-                trace("send", at, clock(), _label(step), step["to"])
+                trace("send", at, clock(), _label(step), step["to"], array.nbytes)
         elif op == "recv":
             rows = tuple(step["rows"])
             waited = None
@@ -66,7 +68,7 @@ def run_program(
                 waited = waited or clock()
                 yield
             if trace and waited:
-                trace("wait", waited, clock(), _label(step), step["from"])
+                trace("wait", waited, clock(), _label(step), step["from"], 0)
             store.put(step["tensor"], rows, array)
         elif op in ("run", "tail"):
             names = list(step["outputs"])
@@ -77,7 +79,7 @@ def run_program(
             at = clock()
             arrays = session(step["model"]).run(names, feeds)
             if trace:
-                trace("compute", at, clock(), _label(step), None)
+                trace("compute", at, clock(), _label(step), None, 0)
             for name, array in zip(names, arrays):
                 if op == "run":
                     store.put(name, tuple(step["outputs"][name]), array)

@@ -42,9 +42,12 @@ class TaskResult:
     outputs: dict[str, np.ndarray]
     start: float  # host clock, seconds
     end: float
-    # Measured timeline, host clock: {"device", "kind", "start", "end", "label", "peer"}; the
-    # devices' parts arrive just after the task ends and are filled in by then `stream` ends.
+    plan: str = "default"  # the id of the bundle plan it ran
+    # Measured timeline, host clock: {"device", "kind", "start", "end", "label", "peer",
+    # "bytes"}; the devices' parts arrive just after the task ends and are merged in as they
+    # come (at the latest when `stream` ends); `merged` says when.
     events: list[dict[str, Any]] = field(default_factory=list)
+    merged: bool = False
 
     @property
     def latency_s(self) -> float:
@@ -57,6 +60,7 @@ class _HostNode(Node):
         self.session_id = session_id
         self.pongs: dict[str, dict[str, Any]] = {}
         self.traces: dict[tuple[int, str], list[list[Any]]] = {}
+        self.probed: list[tuple[str, int, float]] = []  # (device, bytes, seconds between parts)
 
     def _ours(self, header: dict[str, Any]) -> None:
         if header["from"] not in self.addresses or header.get("session") != self.session_id:
@@ -73,6 +77,13 @@ class _HostNode(Node):
             raise wire.Rejected("trace without events")
         self.traces[(header["task"], header["from"])] = events
 
+    def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
+        self._ours(header)
+        size, gap = header.get("bytes"), header.get("gap")
+        if type(size) is not int or not isinstance(gap, (int, float)) or size <= 0 or gap < 0:
+            raise wire.Rejected("probe answer without bytes and gap")
+        self.probed.append((header["from"], size, float(gap)))
+
 
 class HostSession:
     def __init__(self, bundle: str | Path, bind: str | None = None, timeout_s: float = 30.0,
@@ -82,13 +93,14 @@ class HostSession:
         if check_files:
             self.manifest.check_files(host.name)
         self.timeout_s = timeout_s
-        self.workers = [d.name for d in self.manifest.devices if not d.host and self.manifest.program(d.name)]
+        self.workers = self.manifest.workers
         sessions = load_sessions(self.manifest, host.name)
         self.node = _HostNode(self.manifest, host.name, sessions.__getitem__, bind,
                               session_id=secrets.token_hex(8))
         self.offsets: dict[str, float] = {}  # device clock minus host clock
         self.connected = False
         self.next_task = 0
+        self.next_probe = 0
 
     def __enter__(self) -> HostSession:
         return self
@@ -162,8 +174,14 @@ class HostSession:
         (result,) = self.stream([inputs], in_flight=1)
         return result.outputs
 
-    def stream(self, inputs: Iterable[dict[str, np.ndarray]], in_flight: int = 2) -> Iterator[TaskResult]:
-        """Results in input order, with up to `in_flight` tasks running at once."""
+    def stream(self, inputs: Iterable[dict[str, np.ndarray]], in_flight: int = 2,
+               choose: Callable[[int], str] | None = None,
+               observe: Callable[[TaskResult], None] | None = None) -> Iterator[TaskResult]:
+        """Results in input order, with up to `in_flight` tasks running at once.
+
+        `choose(task)` names the plan each task runs (default: the bundle's default plan); a
+        task runs under one plan from start to end. `observe(result)` is called once the
+        devices' timelines of a task are merged into its result."""
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         if not self.connected:
@@ -171,7 +189,7 @@ class HostSession:
         node = self.node
         pending = iter(inputs)
         active: deque[Task] = deque()
-        done: list[TaskResult] = []
+        unmerged: list[TaskResult] = []
         exhausted = False
         while True:
             while not exhausted and len(active) < in_flight:
@@ -179,21 +197,39 @@ class HostSession:
                 if arrays is None:
                     exhausted = True
                     break
-                store = host_store(node.specs, self.manifest.data["spatial_input"], arrays)
-                active.append(node.start((node.session_id, self.next_task), store))
+                plan = node.plan_by_id(choose(self.next_task)) if choose else node.default
+                store = host_store(plan.specs, plan.manifest.data["spatial_input"], arrays)
+                active.append(node.start((node.session_id, self.next_task), store, plan))
                 self.next_task += 1
             if not active:
                 break
             node.advance()
             while active and active[0].finished is not None:
                 task = active.popleft()
-                result = TaskResult(task.key[1], task.results, task.started, task.finished)
-                result.events = self._host_events(task)
-                done.append(result)
+                result = TaskResult(task.key[1], task.results, task.started, task.finished, task.plan.id,
+                                    self._host_events(task))
+                unmerged.append(result)
                 yield result
+            unmerged = self._merge_traces(unmerged, observe)
             if active and not node.receive(timeout_ms=20):
                 self._check_progress(active)
-        self._await_traces(done)
+        self._merge_traces(unmerged, observe, timeout_s=2.0)
+
+    def probe(self, device: str, nbytes: int = 128 * 1024, lead: int = 64 * 1024) -> None:
+        """Measure `device`'s link: a `lead` message, then `nbytes` right behind it. The answer
+        lands in `probed` (see `take_probes`)."""
+        seq, self.next_probe = self.next_probe, self.next_probe + 1
+        for part, size in ((0, lead), (1, nbytes)):
+            header = wire.encode({"kind": "probe", "from": self.node.name, "session": self.node.session_id,
+                                  "seq": seq, "part": part})
+            self.node.send(device, header, np.zeros(size, np.uint8))
+
+    def take_probes(self) -> list[tuple[str, float]]:
+        """(device, Mbit/s) of every probe answered since the last call."""
+        self.node.receive(timeout_ms=0)
+        found = [(device, size * 8 / gap / 1e6) for device, size, gap in self.node.probed if gap > 0]
+        self.node.probed.clear()
+        return found
 
     def _check_progress(self, active: deque[Task]) -> None:
         now = time.time()
@@ -209,27 +245,37 @@ class HostSession:
     def _host_events(self, task: Task) -> list[dict[str, Any]]:
         return [_event(self.node.name, e) for e in task.events]
 
-    def _await_traces(self, results: list[TaskResult], timeout_s: float = 2.0) -> None:
-        """Wait briefly for the devices' timelines and merge them into each result."""
+    def _merge_traces(self, results: list[TaskResult], observe: Callable[[TaskResult], None] | None,
+                      timeout_s: float = 0.0) -> list[TaskResult]:
+        """Merge the devices' timelines into every result whose devices have all sent theirs
+        (waiting up to `timeout_s` for them); the results still waiting."""
         node = self.node
         deadline = time.time() + timeout_s
-        wanted = {(r.task, d) for r in results for d in self.workers}
-        while not wanted <= node.traces.keys() and time.time() < deadline:
-            node.receive(timeout_ms=20)
+        waiting = []
         for result in results:
+            devices = [d for d in self.workers if node.plan_by_id(result.plan).manifest.program(d)]
+            while not all((result.task, d) in node.traces for d in devices) and time.time() < deadline:
+                node.receive(timeout_ms=20)
+            if not all((result.task, d) in node.traces for d in devices) and timeout_s == 0:
+                waiting.append(result)
+                continue
             events = list(result.events)
-            for device in self.workers:
+            for device in devices:
                 offset = self.offsets.get(device, 0.0)
                 for raw in node.traces.pop((result.task, device), []):
-                    if isinstance(raw, list) and len(raw) == 5:
-                        raw = [raw[0], raw[1] - offset, raw[2] - offset, raw[3], raw[4]]
-                        events.append(_event(device, raw))
+                    if isinstance(raw, list) and len(raw) == 6:
+                        events.append(_event(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
             result.events = _join_sends(events)
+            result.merged = True
+            if observe:
+                observe(result)
+        return waiting
 
 
 def _event(device: str, raw: list[Any]) -> dict[str, Any]:
-    kind, start, end, label, peer = raw
-    return {"device": device, "kind": kind, "start": start, "end": end, "label": label, "peer": peer}
+    kind, start, end, label, peer, nbytes = raw
+    return {"device": device, "kind": kind, "start": start, "end": end, "label": label, "peer": peer,
+            "bytes": nbytes}
 
 
 def _join_sends(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -57,6 +57,36 @@ class Manifest:
     def outputs(self) -> list[str]:
         return [o["name"] for o in self.data["outputs"]]
 
+    @property
+    def workers(self) -> list[str]:
+        """The devices other than the host that have work in any plan: those that run a stub."""
+        return [d.name for d in self.devices if not d.host and any(p.program(d.name) for p in self.plans)]
+
+    @property
+    def id(self) -> str:
+        return self.data.get("id", "default")
+
+    @property
+    def plans(self) -> list[Manifest]:
+        """Every plan of the bundle, the default first, each seen as a one-plan manifest."""
+        common = {k: v for k, v in self.data.items() if k != "alternatives"}
+        return [self] + [Manifest(self.root, {**common, **alt}) for alt in self.data.get("alternatives", [])]
+
+    def plan(self, plan_id: str) -> Manifest:
+        for plan in self.plans:
+            if plan.id == plan_id:
+                return plan
+        known = ", ".join(p.id for p in self.plans)
+        raise BundleError(f"{self.root / MANIFEST}: no plan {plan_id!r} in this bundle ({known})")
+
+    @property
+    def checksum(self) -> str:
+        """The plan checksum, or for a bundle of several plans one over all of them."""
+        plans = self.plans
+        if len(plans) == 1:
+            return self.data["plan_sha256"]
+        return hashlib.sha256(" ".join(p.data["plan_sha256"] for p in plans).encode()).hexdigest()
+
     def program(self, device: str) -> list[dict[str, Any]]:
         self.device(device)
         return self.data["programs"].get(device, [])
@@ -71,11 +101,12 @@ class Manifest:
 
     def check_files(self, device: str | None = None) -> None:
         """sha256 of every artifact (of one device, or all) against the manifest."""
+        devices = {d.name for d in self.devices}
         for rel, digest in self.data["artifacts"].items():
             owner, _, file = rel.partition("/")
             if device is not None and owner != device:
                 continue
-            path = self.path(owner, file) if owner in self.data["programs"] else self.root / rel
+            path = self.path(owner, file) if owner in devices else self.root / rel
             try:
                 actual = _sha256(path)
             except FileNotFoundError:
@@ -139,5 +170,14 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         raise bad("programs", "must map device names to lists of steps")
     if not isinstance(data["tensors"], dict) or not isinstance(data["model"], dict):
         raise bad("tensors/model", "must be objects")
+    alternatives = data.get("alternatives", [])
+    if not isinstance(alternatives, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("id"), str) and isinstance(a.get("plan_sha256"), str)
+        and isinstance(a.get("programs"), dict) and all(isinstance(p, list) for p in a["programs"].values())
+        and all(isinstance(a.get(k), t) for k, t in (("tensors", dict), ("model", dict), ("inputs", list),
+                                                     ("outputs", list), ("spatial_input", str)))
+        for a in alternatives
+    ):
+        raise bad("alternatives", "must list plans with id, plan_sha256, programs, tensors, model, inputs and outputs")
     if not isinstance(data["onnxruntime"], str):
         raise bad("onnxruntime", "must be the ONNX Runtime version string")

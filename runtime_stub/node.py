@@ -25,7 +25,7 @@ from halpc_stub import wire
 from halpc_stub.errors import BundleError
 from halpc_stub.executor import run_program
 from halpc_stub.manifest import Manifest
-from halpc_stub.store import RowStore
+from halpc_stub.store import RowStore, TensorSpec
 
 log = logging.getLogger("halpc_stub")
 
@@ -59,20 +59,33 @@ def connect_endpoint(address: str) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
+@dataclass(frozen=True)
+class PlanRun:
+    """What a device runs under one of the bundle's plans."""
+
+    id: str
+    checksum: str
+    program: list[dict[str, Any]]
+    specs: dict[str, TensorSpec]
+    inbound: wire.Inbound
+    manifest: Manifest
+
+
 @dataclass
 class Task:
     key: TaskKey
+    plan: PlanRun
     results: dict[str, np.ndarray] = field(default_factory=dict)
     inbox: dict[RowsKey, np.ndarray] = field(default_factory=dict)
-    events: list[list[Any]] = field(default_factory=list)  # [kind, start, end, label, peer]
+    events: list[list[Any]] = field(default_factory=list)  # [kind, start, end, label, peer, bytes]
     started: float = field(default_factory=time.time)
     progressed: float = field(default_factory=time.time)
     waiting: dict[str, Any] | None = None  # the recv step it is blocked in
     runner: Iterator[None] | None = None
     finished: float | None = None
 
-    def trace(self, kind: str, start: float, end: float, label: str, peer: str | None) -> None:
-        self.events.append([kind, start, end, label, peer])
+    def trace(self, kind: str, start: float, end: float, label: str, peer: str | None, nbytes: int = 0) -> None:
+        self.events.append([kind, start, end, label, peer, nbytes])
 
 
 class _TaskTransport:
@@ -81,7 +94,8 @@ class _TaskTransport:
 
     def send(self, step: dict[str, Any], array: np.ndarray) -> None:
         array = np.ascontiguousarray(array)
-        header = wire.rows_header(self.task.key[0], self.task.key[1], self.node.plan, self.node.name, step, array)
+        header = wire.rows_header(self.task.key[0], self.task.key[1], self.task.plan.checksum, self.node.name,
+                                  step, array)
         self.node.send(step["to"], header, array)
 
     def try_recv(self, step: dict[str, Any]) -> np.ndarray | None:
@@ -105,10 +119,14 @@ class Node:
         entry = manifest.device(device)
         self.name = entry.name
         self.manifest = manifest
-        self.program = manifest.program(device)
-        self.specs = manifest.tensors
-        self.plan: str = manifest.data["plan_sha256"]
-        self.inbound = wire.Inbound(self.plan, self.program, self.specs)
+        self.plan: str = manifest.checksum  # of every plan: what the host checks a device runs
+        self.plans: dict[str, PlanRun] = {}  # by plan checksum, as rows headers name them
+        for view in manifest.plans:
+            program, specs = view.program(device), view.tensors
+            checksum = view.data["plan_sha256"]
+            self.plans[checksum] = PlanRun(view.id, checksum, program, specs,
+                                           wire.Inbound(checksum, program, specs), view)
+        self.default = next(iter(self.plans.values()))
         self.session = session
         self.addresses = {d.name: d.address for d in manifest.devices}
         self.context = zmq.Context()
@@ -177,10 +195,16 @@ class Node:
 
     # --- tasks ---------------------------------------------------------------------------------
 
-    def start(self, key: TaskKey, store: RowStore) -> Task:
-        task = Task(key)
+    def plan_by_id(self, plan_id: str) -> PlanRun:
+        for plan in self.plans.values():
+            if plan.id == plan_id:
+                return plan
+        raise BundleError(f"no plan {plan_id!r} in this bundle ({', '.join(p.id for p in self.plans.values())})")
+
+    def start(self, key: TaskKey, store: RowStore, plan: PlanRun | None = None) -> Task:
+        task = Task(key, plan or self.default)
         task.runner = run_program(
-            self.program, store, self.session, _TaskTransport(self, task), task.results, task.trace
+            task.plan.program, store, self.session, _TaskTransport(self, task), task.results, task.trace
         )
         self.tasks[key] = task
         return task
@@ -206,19 +230,25 @@ class Node:
 
     def on_rows(self, header: dict[str, Any], frames: list[Any]) -> None:
         key = wire.task_of(header)
-        rows_key, array = self.inbound.rows(header, frames)
+        plan = self.plans.get(header.get("plan"))  # type: ignore[arg-type]
+        if plan is None:
+            raise wire.Rejected(f"plan {str(header.get('plan'))[:12]!r} is not one of this bundle's plans")
+        rows_key, array = plan.inbound.rows(header, frames)
         task = self.tasks.get(key)
         if task is None:
             if key in self.finished:
                 raise wire.Rejected(f"late rows for finished task {key[1]}")
-            task = self.unknown_task(key)
+            task = self.unknown_task(key, plan)
+        elif task.plan is not plan:
+            raise wire.Rejected(f"task {key[1]} runs plan {task.plan.id!r}, these rows are of plan {plan.id!r}")
         if rows_key in task.inbox:
             raise wire.Rejected(f"task {key[1]}: {rows_key[1]!r} rows {list(rows_key[2])} received twice")
         task.inbox[rows_key] = array
         now = time.time()
-        task.trace("arrive", now, now, f"{rows_key[1]} rows {rows_key[2][0]}..{rows_key[2][1]}", rows_key[0])
+        task.trace("arrive", now, now, f"{rows_key[1]} rows {rows_key[2][0]}..{rows_key[2][1]}", rows_key[0],
+                   array.nbytes)
 
-    def unknown_task(self, key: TaskKey) -> Task:
+    def unknown_task(self, key: TaskKey, plan: PlanRun) -> Task:
         raise wire.Rejected(f"rows for unknown task {key[1]}")
 
     def on_ping(self, header: dict[str, Any], frames: list[Any]) -> None:
@@ -229,3 +259,9 @@ class Node:
 
     def on_trace(self, header: dict[str, Any], frames: list[Any]) -> None:
         raise wire.Rejected("unexpected trace")
+
+    def on_probe(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("probe sent to a device that does not answer probes")
+
+    def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("unexpected probe answer")

@@ -16,7 +16,7 @@ import onnxruntime
 
 from halpc_stub import wire
 from halpc_stub.manifest import Manifest
-from halpc_stub.node import MAX_LIVE_TASKS, Node, TaskKey
+from halpc_stub.node import MAX_LIVE_TASKS, Node, PlanRun, TaskKey
 from halpc_stub.store import RowStore
 
 log = logging.getLogger("halpc_stub")
@@ -29,6 +29,7 @@ class StubNode(Node):
         self.host = manifest.host.name
         self.current_session: str | None = None
         self.served = 0
+        self.probe_marks: dict[tuple[str, int], float] = {}  # first part's arrival
 
     def _adopt(self, session: str) -> None:
         if session != self.current_session:
@@ -49,11 +50,30 @@ class StubNode(Node):
             "onnxruntime": onnxruntime.__version__, "t": time.time(), "echo": header.get("t"),
         }))
 
-    def unknown_task(self, key: TaskKey):
+    def on_probe(self, header: dict[str, Any], frames: list[Any]) -> None:
+        arrived = time.time()
+        if header["from"] != self.host:
+            raise wire.Rejected(f"probe from {header['from']!r}, not the host {self.host!r}")
+        session, _ = wire.task_of({**header, "task": 0})
+        seq, part, size = wire.probe_part(header, frames)
+        if part == 0:
+            if len(self.probe_marks) >= 16:
+                self.probe_marks.pop(next(iter(self.probe_marks)))
+            self.probe_marks[(session, seq)] = arrived
+            return
+        first = self.probe_marks.pop((session, seq), None)
+        if first is None:
+            raise wire.Rejected(f"probe {seq} part 1 without part 0")
+        self.send(self.host, wire.encode({
+            "kind": "probed", "from": self.name, "session": session, "seq": seq,
+            "bytes": size, "gap": arrived - first,
+        }))
+
+    def unknown_task(self, key: TaskKey, plan: PlanRun):
         self._adopt(key[0])
         if len(self.tasks) >= MAX_LIVE_TASKS:
             raise wire.Rejected(f"{len(self.tasks)} tasks in flight already; task {key[1]} dropped")
-        return self.start(key, RowStore(self.specs))
+        return self.start(key, RowStore(plan.specs), plan)
 
     def serve(self, stopping: Callable[[], bool]) -> None:
         """Run tasks as their rows arrive until `stopping()` is true."""

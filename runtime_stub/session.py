@@ -24,7 +24,7 @@ def make_session(
 
 
 def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
-    """One session per model file of the device's program, each opened once."""
+    """One session per model file of the device's programs (every plan's), each opened once."""
     threads = manifest.device(device).threads
-    files = sorted({s["model"] for s in manifest.program(device) if "model" in s})
+    files = sorted({s["model"] for plan in manifest.plans for s in plan.program(device) if "model" in s})
     return {f: make_session(str(manifest.path(device, f)), threads) for f in files}

@@ -8,6 +8,10 @@ buffer, sent and received without copies. Kinds:
 - ``ping`` / ``pong``: the host asks a device whether it is up and runs the same plan; the pong
   carries the device's plan checksum, ONNX Runtime version and clock.
 - ``trace``: after each task a device sends the host its measured timeline of that task.
+- ``probe`` / ``probed``: the host measures a link it has not used lately: it sends two
+  padding messages back to back (``part`` 0 then 1); the first drains any burst allowance, and
+  the device answers with the gap between their arrivals, over which the second crossed the
+  link at the link's rate (packet-train dispersion).
 
 Nothing here trusts the sender: a header is parsed only if it is small, is JSON, and every field
 has the type and value the manifest allows; a rows buffer is used only if it is exactly the
@@ -25,7 +29,9 @@ from halpc_stub.store import TensorSpec
 
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024  # traces of big programs are the largest headers
-KINDS = ("rows", "ping", "pong", "trace")
+MAX_PROBE_BYTES = 1 << 20
+KINDS = ("rows", "ping", "pong", "trace", "probe", "probed")
+TWO_FRAMES = ("rows", "probe")
 
 
 class Rejected(ValueError):
@@ -54,7 +60,7 @@ def decode(frames: list[Any]) -> dict[str, Any]:
     kind = header.get("kind")
     if kind not in KINDS:
         raise Rejected(f"unknown kind {kind!r}")
-    if len(frames) != (2 if kind == "rows" else 1):
+    if len(frames) != (2 if kind in TWO_FRAMES else 1):
         raise Rejected(f"{kind} message with {len(frames)} frames")
     if not isinstance(header.get("from"), str):
         raise Rejected("no sender")
@@ -68,6 +74,19 @@ def task_of(header: dict[str, Any]) -> tuple[str, int]:
     if not isinstance(task, int) or isinstance(task, bool) or task < 0:
         raise Rejected(f"bad task id {task!r}")
     return session, task
+
+
+def probe_part(header: dict[str, Any], frames: list[Any]) -> tuple[int, int, int]:
+    """(sequence number, part, padding bytes) of a probe, once checked."""
+    seq, part = header.get("seq"), header.get("part")
+    if type(seq) is not int or seq < 0:
+        raise Rejected(f"bad probe sequence number {seq!r}")
+    if part not in (0, 1) or type(part) is not int:
+        raise Rejected(f"bad probe part {part!r}")
+    size = len(frames[1].buffer if hasattr(frames[1], "buffer") else memoryview(frames[1]))
+    if size > MAX_PROBE_BYTES:
+        raise Rejected(f"probe of {size} bytes exceeds {MAX_PROBE_BYTES}")
+    return seq, part, size
 
 
 def rows_header(session: str, task: int, plan: str, sender: str, step: dict[str, Any],

@@ -187,7 +187,7 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
     assert summary.exact
     reasons = [line for line in log.splitlines() if "rejected a message" in line]
     assert len(reasons) == len(bad), log
-    for words in ("not JSON", "protocol version 9", "unknown kind", "is not this device's plan",
+    for words in ("not JSON", "protocol version 9", "unknown kind", "is not one of this bundle's plans",
                   "no step receives 'nope'", "expected float32", "block 99", "bad task id -1",
                   "bad session", "buffer of", "rows message with 1 frames", "exceeds"):
         assert any(words in r for r in reasons), (words, reasons)

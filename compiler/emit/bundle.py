@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jinja2
 import onnx
@@ -33,12 +33,29 @@ FORMAT = "halpc-bundle/1"
 
 
 @dataclass(frozen=True)
+class PlanEntry:
+    """One plan of a bundle: a model (variant) split for one channel state.
+
+    A bundle holds one plan, or several: the same model planned for several link rates
+    (`halpc compile --bandwidths`) and several variants of a model with their accuracies
+    (`--variant`), among which the host chooses per task."""
+
+    id: str
+    trunk: Trunk
+    plan: Plan
+    variant: str | None = None  # None: a one-model bundle
+    accuracy: float | None = None  # top-1 %, where known
+    bandwidths: tuple[float, ...] = ()  # the link rates (Mbit/s) this plan was chosen for
+
+
+@dataclass(frozen=True)
 class BundleSummary:
     path: Path
     files: int
     bytes: int
     strips: int
-    schedule: Schedule
+    schedule: Schedule  # the default plan's
+    plans: int = 1
 
 
 def templates() -> jinja2.Environment:
@@ -65,6 +82,12 @@ def check_destination(out: Path) -> None:
 
 
 def write_bundle(trunk: Trunk, plan: Plan, cluster: Cluster, out: str | Path) -> BundleSummary:
+    return write_plans([PlanEntry("default", trunk, plan)], cluster, out)
+
+
+def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
+                deadline_ms: float | None = None) -> BundleSummary:
+    """Write a bundle of `entries`; the first is the default plan."""
     out = Path(out)
     check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,65 +95,146 @@ def write_bundle(trunk: Trunk, plan: Plan, cluster: Cluster, out: str | Path) ->
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        summary = _write(trunk, plan, cluster, staging)
+        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return BundleSummary(out, summary[0], summary[1], len(summary[2].jobs), summary[2])
+    return BundleSummary(out, files, size, sum(len(s.jobs) for s in schedules), schedules[0], len(entries))
 
 
-def _write(trunk: Trunk, plan: Plan, cluster: Cluster, root: Path):
-    host = cluster.host.name
-    layout = reference_layout(trunk)
-    tail = tail_model(trunk, layout)
-    schedule = build_schedule(trunk, plan, list(cluster.names), host)
-    artifacts: dict[str, str] = {}
+class _Artifacts:
+    """Files written into the bundle with their sha256; a model identical to one already in a
+    device's folder (the same strip in two plans) is written once and shared."""
 
-    def put(rel: str, data: bytes, executable: bool = False) -> None:
-        path = root / rel
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.digests: dict[str, str] = {}
+        self._shared: dict[tuple[str, str], str] = {}
+
+    def put(self, rel: str, data: bytes, executable: bool = False) -> None:
+        path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         if executable:
             path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        artifacts[rel] = hashlib.sha256(data).hexdigest()
+        self.digests[rel] = hashlib.sha256(data).hexdigest()
 
-    for job in schedule.jobs:
-        model = strip_model(trunk, job.io, job.rows, f"{job.device}/{job.file}", layout)
-        put(f"{job.device}/{job.file}", model.SerializeToString())
-    if tail is not None:
-        put(f"{host}/tail.onnx", tail.SerializeToString())
-    put("reference/model.onnx", trunk.model.reference)
-    put("plan.json", plan.dumps(trunk).encode())
+    def shared(self, folder: str, name: str, data: bytes) -> str:
+        """Put `folder/name` unless `folder` has these bytes already; the name in use."""
+        key = (folder, hashlib.sha256(data).hexdigest())
+        if key not in self._shared:
+            self.put(f"{folder}/{name}", data)
+            self._shared[key] = name
+        return self._shared[key]
 
-    manifest = _manifest(trunk, plan, cluster, schedule)
+
+def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None):
+    artifacts = _Artifacts(root)
+    several = len(entries) > 1
+    plans, schedules = [], []
+    for entry in entries:
+        schedule, files = _write_plan(entry, cluster, artifacts, f"{entry.id}/" if several else "")
+        schedules.append(schedule)
+        plan = _plan_fields(entry, schedule, files)
+        reference = f"reference/{entry.variant}.onnx" if several else "reference/model.onnx"
+        if reference not in artifacts.digests:
+            artifacts.put(reference, entry.trunk.model.reference)
+        plan["model"]["file"] = reference
+        plans.append(plan)
+        artifacts.put(f"plans/{entry.id}.json" if several else "plan.json", entry.plan.dumps(entry.trunk).encode())
+
+    manifest = {**_common(entries[0].trunk, cluster), **plans[0]}
+    if several:
+        manifest["alternatives"] = plans[1:]
+    if deadline_ms is not None:
+        manifest["deadline_ms"] = deadline_ms
     env = templates()
     stub_sources = _stub_sources()
     for device in cluster.devices:
         context = {
             "device": device,
             "bundle_plan": manifest["plan_sha256"][:12],
+            "plans": len(entries),
             "version": halpc.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "steps": len(schedule.programs[device.name]),
+            "steps": len(schedules[0].programs[device.name]),
             "install_dir": f"/opt/halpc/{device.name}",
         }
-        put(f"{device.name}/launch.sh", env.get_template("launch.sh.j2").render(context).encode(), True)
+        artifacts.put(f"{device.name}/launch.sh", env.get_template("launch.sh.j2").render(context).encode(), True)
         if not device.host:
             unit = env.get_template("halpc-stub.service.j2").render(context)
-            put(f"{device.name}/halpc-stub.service", unit.encode())
+            artifacts.put(f"{device.name}/halpc-stub.service", unit.encode())
             for name, data in stub_sources.items():
-                put(f"{device.name}/halpc_stub/{name}", data)
-    manifest["artifacts"] = artifacts
+                artifacts.put(f"{device.name}/halpc_stub/{name}", data)
+    manifest["artifacts"] = artifacts.digests
     text = (json.dumps(manifest, indent=1) + "\n").encode()
     (root / "manifest.json").write_bytes(text)
     for device in cluster.devices:
         # A device folder copied alone to a board carries the manifest it is checked against.
         (root / device.name / "manifest.json").write_bytes(text)
-    total = sum((root / rel).stat().st_size for rel in artifacts) + len(text) * (1 + len(cluster))
-    return len(artifacts) + 1 + len(cluster), total, schedule
+    total = sum((root / rel).stat().st_size for rel in artifacts.digests) + len(text) * (1 + len(cluster))
+    return len(artifacts.digests) + 1 + len(cluster), total, schedules
+
+
+def _write_plan(entry: PlanEntry, cluster: Cluster, artifacts: _Artifacts, prefix: str):
+    """Write one plan's strip models (and tail); its programs name the files they run."""
+    trunk, host = entry.trunk, cluster.host.name
+    layout = reference_layout(trunk)
+    schedule = build_schedule(trunk, entry.plan, list(cluster.names), host)
+    files: dict[tuple[str, str], str] = {}
+    for job in schedule.jobs:
+        model = strip_model(trunk, job.io, job.rows, f"{job.device}/{prefix}{job.file}", layout)
+        # Named by what it computes, so that the same strip in another plan is the same bytes.
+        model.graph.name = f"{entry.variant or 'model'} layers {job.io.start}-{job.io.stop} rows {job.rows.outputs}"
+        files[(job.device, job.file)] = artifacts.shared(job.device, prefix + job.file, model.SerializeToString())
+    tail = tail_model(trunk, layout)
+    if tail is not None:
+        tail_prefix = f"{entry.variant}/" if entry.variant else ""
+        files[(host, "tail.onnx")] = artifacts.shared(host, tail_prefix + "tail.onnx", tail.SerializeToString())
+    return schedule, files
+
+
+def _plan_fields(entry: PlanEntry, schedule: Schedule, files: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """What the manifest says of one plan: its model, programs and the tensors they move."""
+    trunk, plan = entry.trunk, entry.plan
+    programs = {
+        device: [{**s, "model": files[(device, s["model"])]} if "model" in s else s for s in program]
+        for device, program in schedule.programs.items()
+    }
+    graph = trunk.model.graph
+    io_tensors: set[str] = {trunk.input, *trunk.exits}
+    for program in programs.values():
+        for step in program:
+            io_tensors.update(step.get("inputs", {}) or [])
+            io_tensors.update(step.get("outputs", {}) or [])
+            if "tensor" in step:
+                io_tensors.add(step["tensor"])
+    shapes = _graph_io(trunk)
+    return {
+        "id": entry.id,
+        "variant": entry.variant or trunk.model.path.stem,
+        "accuracy": entry.accuracy,
+        "bandwidths": list(entry.bandwidths),
+        "model": {"file": "", "name": trunk.model.path.name, "sha256": trunk.model.sha256},
+        "plan_sha256": plan.checksum(trunk),
+        "strategy": plan.strategy,
+        "predicted_ms": plan.predicted.get("latency_ms"),
+        "spatial_input": trunk.input,
+        "inputs": [
+            {"name": i.name, "shape": list(shapes[i.name][0]), "dtype": shapes[i.name][1]}
+            for i in graph.input
+        ],
+        "outputs": [{"name": o.name} for o in graph.output],
+        "tensors": {
+            t: {"shape": list(info.shape), "dtype": info.dtype, "row_axis": info.row_axis}
+            for t, info in trunk.tensors.items()
+            if t in io_tensors
+        },
+        "programs": programs,
+    }
 
 
 def _stub_sources() -> dict[str, bytes]:
@@ -139,44 +243,16 @@ def _stub_sources() -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in folder.iterdir() if f.name.endswith(".py")}
 
 
-def _manifest(trunk: Trunk, plan: Plan, cluster: Cluster, schedule: Schedule) -> dict[str, Any]:
+def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
+    """What the manifest says of the bundle as a whole: versions, devices and their costs."""
     from halpc.planner import context  # the planner builds on emit
 
     costs = context(trunk, cluster)
-    graph = trunk.model.graph
-    io_tensors: set[str] = set()
-    for program in schedule.programs.values():
-        for step in program:
-            io_tensors.update(step.get("inputs", {}) or [])
-            io_tensors.update(step.get("outputs", {}) or [])
-            if "tensor" in step:
-                io_tensors.add(step["tensor"])
-    io_tensors.update(t for t in trunk.exits)
-    io_tensors.add(trunk.input)
-    tensors = {
-        t: {"shape": list(info.shape), "dtype": info.dtype, "row_axis": info.row_axis}
-        for t, info in trunk.tensors.items()
-        if t in io_tensors
-    }
-    shapes = _graph_io(trunk)
     return {
         "format": FORMAT,
         "created_by": f"halpc {halpc.__version__}",
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "model": {
-            "file": "reference/model.onnx",
-            "name": trunk.model.path.name,
-            "sha256": trunk.model.sha256,
-        },
-        "plan_sha256": plan.checksum(trunk),
-        "strategy": plan.strategy,
-        "spatial_input": trunk.input,
-        "inputs": [
-            {"name": i.name, "shape": list(shapes[i.name][0]), "dtype": shapes[i.name][1]}
-            for i in graph.input
-        ],
-        "outputs": [{"name": o.name} for o in graph.output],
         "devices": [
             {"name": d.name, "host": d.host, "address": d.address, "threads": d.threads}
             for d in cluster.devices
@@ -188,8 +264,6 @@ def _manifest(trunk: Trunk, plan: Plan, cluster: Cluster, schedule: Schedule) ->
                    "message_overhead_ms": costs.message_seconds(name) * 1e3}
             for name in cluster.names
         },
-        "tensors": tensors,
-        "programs": schedule.programs,
     }
 
 

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
 from halpc.cluster import Cluster
@@ -75,9 +76,12 @@ def predict(ctx: Context, plan: Plan) -> Prediction:
                     ctx.message_seconds)
 
 
-def predict_bundle(manifest: dict) -> Prediction:
-    """The cost model's timeline of a compiled bundle's programs, from its manifest alone."""
-    cluster = Cluster.from_dict(manifest["cluster"])
+def predict_bundle(manifest: dict, rates: Mapping[str, float] | None = None,
+                   cluster: Cluster | None = None) -> Prediction:
+    """The cost model's timeline of a compiled bundle's programs, from its manifest alone (one
+    plan's view of it). `rates` (Mbit/s of each named device's link, e.g. measured) replace the
+    cluster file's bandwidths where given."""
+    cluster = cluster or Cluster.from_dict(manifest["cluster"])
     cost = manifest["cost"]
 
     def compute_seconds(device: str, step: dict) -> float:
@@ -85,7 +89,7 @@ def predict_bundle(manifest: dict) -> Prediction:
         return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"))
 
     return simulate(manifest["programs"], cluster.host.name, compute_seconds,
-                    cluster_transfer(cluster), manifest["tensors"],
+                    cluster_transfer(cluster, rates), manifest["tensors"],
                     lambda device: cost[device].get("message_overhead_ms", 0.0) / 1e3)
 
 

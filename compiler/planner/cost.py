@@ -17,6 +17,8 @@ Small enough to check by hand; tests do exactly that.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
@@ -130,9 +132,16 @@ def simulate(
     return Prediction(clock[host], max(clock.values()), tuple(events))
 
 
-def cluster_transfer(cluster: Cluster) -> Callable[[str, str, int], tuple[float, float]]:
+def cluster_transfer(cluster: Cluster, rates: Mapping[str, float] | None = None
+                     ) -> Callable[[str, str, int], tuple[float, float]]:
+    """Link time and latency of a message. `rates` (Mbit/s per device, e.g. measured) give a
+    device's own link: a message between two devices crosses both, at the slower one's rate;
+    devices not in `rates` keep the cluster file's link."""
     def transfer(sender: str, receiver: str, size: int) -> tuple[float, float]:
         link = cluster.link(sender, receiver)
-        return size * 8 / (link.bandwidth_mbps * 1e6), link.latency_ms / 1e3
+        mbps = link.bandwidth_mbps
+        if rates and (sender in rates or receiver in rates):
+            mbps = min(rates.get(sender, math.inf), rates.get(receiver, math.inf))
+        return size * 8 / (mbps * 1e6), link.latency_ms / 1e3
 
     return transfer
