@@ -6,6 +6,7 @@ import time
 
 import click
 
+from halpc.adapt import POLICIES
 from halpc.strategies import STRATEGIES
 from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
@@ -64,7 +65,7 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
               help="TOML file describing the devices and links.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
@@ -74,17 +75,30 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
               help="How to plan the split; best = the lowest predicted latency.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
               help="Compile this plan JSON (e.g. a hand-edited plan.json) instead of planning.")
+@click.option("--bandwidths", metavar="MBPS,...",
+              help="Also plan for these link rates, e.g. 10,25,50,100; the host switches between "
+                   "the plans as the channel changes.")
+@click.option("--variant", "variants", multiple=True, metavar="FILE.onnx:ACCURACY",
+              help="Another variant of the model with its top-1 accuracy (repeat); the host runs the "
+                   "most accurate one that meets --deadline-ms.")
+@click.option("--accuracy", type=click.FloatRange(0, 100, min_open=True),
+              help="MODEL's own top-1 accuracy, when it is one of several variants.")
+@click.option("--deadline-ms", type=click.FloatRange(0, min_open=True),
+              help="The per-task deadline `halpc run` and `halpc simulate` use by default.")
 @_input_shape
-def compile(model: str, cluster_file: str, output: str, strategy: str, plan_file: str | None,
-            input_shapes: tuple[str, ...]) -> None:
+def compile(model: str | None, cluster_file: str, output: str, strategy: str, plan_file: str | None,
+            bandwidths: str | None, variants: tuple[str, ...], accuracy: float | None,
+            deadline_ms: float | None, input_shapes: tuple[str, ...]) -> None:
     """Plan the split of MODEL over the cluster and write one folder per device."""
-    from halpc.compile import compile_bundle
+    from halpc.compile import compile_bundle, parse_bandwidths, parse_variant
     from halpc.model import parse_input_shapes
     from halpc.report import bundle_summary
 
     started = time.perf_counter()
     result = compile_bundle(
-        model, cluster_file, output, strategy, plan_file, parse_input_shapes(input_shapes)
+        model, cluster_file, output, strategy, plan_file, parse_input_shapes(input_shapes),
+        accuracy=accuracy, variants=[parse_variant(v) for v in variants],
+        bandwidths=parse_bandwidths(bandwidths) if bandwidths else (), deadline_ms=deadline_ms,
     )
     click.echo(bundle_summary(result, time.perf_counter() - started))
 
@@ -161,9 +175,18 @@ def verify(bundle: str, input_file: str | None, seeds: int) -> None:
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for a device's rows before giving up on the run.")
 @click.option("--bind", help="Listen here instead of the host's manifest address, e.g. tcp://*:5701.")
+@click.option("--policy", type=click.Choice(POLICIES),
+              help="How the host picks each task's plan: standalone (host alone), fixed (the default "
+                   "plan), adaptive (fastest plan on the measured links), select (the most accurate "
+                   "variant that meets the deadline). Default: select for a bundle of variants with a "
+                   "deadline, adaptive for one of several plans.")
+@click.option("--deadline-ms", type=click.FloatRange(0, min_open=True),
+              help="Per-task deadline (default: the one compiled into the bundle).")
+@click.option("--period-ms", type=click.FloatRange(0, min_open=True),
+              help="Start task k no earlier than k periods after the first (a camera's frame rate).")
 def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int, in_flight: int,
         check: bool, spawn: bool, as_json: bool, report: str | None, warmup: int, timeout: float,
-        bind: str | None) -> None:
+        bind: str | None, policy: str | None, deadline_ms: float | None, period_ms: float | None) -> None:
     """Run BUNDLE from the host, its devices' stubs serving; print latency and throughput."""
     import json
 
@@ -179,8 +202,12 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
         inputs = [random_inputs(manifest, seed) for seed in range(tasks)]
     if output_file is not None:
         check_output_path(output_file, len(manifest.outputs))
+    deadline_ms = deadline_ms or manifest.data.get("deadline_ms")
+    policy = policy or default_policy(manifest, deadline_ms)
     summary = run_bundle(bundle, inputs, in_flight, check, local_popen if spawn else None, timeout, bind,
-                         stub_stdout=sys.stderr if as_json else None, warmup=warmup)
+                         stub_stdout=sys.stderr if as_json else None, warmup=warmup, policy=policy,
+                         deadline_s=deadline_ms / 1e3 if deadline_ms else None,
+                         period_s=period_ms / 1e3 if period_ms else None)
     if output_file is not None:
         save_outputs(output_file, summary.results[-1].outputs)
     if report is not None:
@@ -193,6 +220,15 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
         click.echo(run_table(manifest, summary, in_flight))
     if summary.checks and not summary.exact:
         sys.exit(1)
+
+
+def default_policy(manifest, deadline_ms: float | None) -> str | None:
+    """select for variants with a deadline, adaptive for several plans, none for one plan."""
+    plans = manifest.plans
+    if len(plans) == 1:
+        return None
+    variants = {p.data.get("variant") for p in plans}
+    return "select" if deadline_ms and len(variants) > 1 else "adaptive"
 
 
 def check_output_path(path: str, outputs: int) -> None:
@@ -211,6 +247,56 @@ def save_outputs(path: str, outputs: dict) -> None:
             np.savez(path, **outputs)
     except OSError as exc:
         raise HalpcError(f"{path}: cannot write the outputs ({exc.strerror or exc})") from None
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--trace", "trace_spec", required=True, metavar="CSV|ge:...",
+              help="Bandwidth trace: a CSV of time_s and Mbit/s (one mbps column, or one per device), "
+                   "or a Gilbert-Elliott channel, e.g. ge:good=100,bad=10,p=0.1,r=0.3,step=1,duration=60,seed=0.")
+@click.option("--deadline-ms", type=click.FloatRange(0, min_open=True),
+              help="Per-task deadline (default: the one compiled into the bundle).")
+@click.option("--period-ms", type=click.FloatRange(0, min_open=True),
+              help="A frame every this many ms (default: the deadline).")
+@click.option("--tasks", type=click.IntRange(1), help="Tasks to replay (default: every frame in the trace).")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write an HTML page: reliability against deadline, the trace, each task's choice.")
+@click.option("--save-trace", type=click.Path(dir_okay=False),
+              help="Also write the trace as CSV (e.g. a generated one, to replay it on real links).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def simulate(bundle: str, trace_spec: str, deadline_ms: float | None, period_ms: float | None,
+             tasks: int | None, report: str | None, save_trace: str | None, as_json: bool) -> None:
+    """Replay a bandwidth trace through BUNDLE's cost model: reliability, latency, accuracy per policy."""
+    import json
+
+    from halpc.simulate import simulate_bundle, summary_table, write_simulation_report
+    from halpc.trace import write_csv
+    from halpc_stub.manifest import load_manifest
+
+    manifest = load_manifest(bundle)
+    deadline_ms = deadline_ms or manifest.data.get("deadline_ms")
+    if not deadline_ms:
+        raise click.UsageError("give --deadline-ms (the bundle was compiled without one)")
+    trace, results, curves, notes = simulate_bundle(manifest, trace_spec, deadline_ms / 1e3,
+                                                    period_ms / 1e3 if period_ms else None, tasks)
+    if save_trace:
+        write_csv(trace, save_trace)
+    if report:
+        devices = [d.name for d in manifest.devices if not d.host]
+        write_simulation_report(report, f"{manifest.root.name}: {trace.source}", results, curves, trace,
+                                devices, deadline_ms / 1e3)
+    if as_json:
+        click.echo(json.dumps({
+            policy: {"reliability": r.reliability, "on_time": r.on_time, "tasks": len(r.tasks),
+                     "percentiles_ms": {k: v * 1e3 for k, v in r.percentiles.items()},
+                     "mean_accuracy": r.mean_accuracy, "plans": dict(r.plans_used()),
+                     "curve": [[d * 1e3, rel] for d, rel in curves[policy]]}
+            for policy, r in results.items()
+        }))
+    else:
+        click.echo(summary_table(results))
+        for note in notes:
+            click.echo(f"note: {note}")
 
 
 @cli.command()

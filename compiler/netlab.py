@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from halpc.errors import HalpcError
@@ -159,6 +160,45 @@ class NetLab:
         if device not in self._index:
             raise HalpcError(f"no device {device!r} in this NetLab (have: {', '.join(self._index)})")
         return device
+
+
+class TraceReplay:
+    """Play a bandwidth trace (`halpc.trace.Trace`) on a lab's links, live: from `start()` a
+    thread sets each device's tbf rate at the trace's times. `applied` lists (seconds since
+    start, device, Mbit/s) of every change made."""
+
+    def __init__(self, lab: NetLab, trace, devices: list[str]) -> None:
+        self.lab, self.trace, self.devices = lab, trace, list(devices)
+        self.applied: list[tuple[float, str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._play, name="trace-replay", daemon=True)
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = time.time()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> TraceReplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _play(self) -> None:
+        current: dict[str, float] = {}
+        for t in self.trace.times:
+            if self._stop.wait(max(0.0, self.started + t - time.time())):
+                return
+            for device, mbps in self.trace.at(t, self.devices).items():
+                if current.get(device) != mbps:
+                    self.lab.set_rate(device, mbps)
+                    current[device] = mbps
+                    self.applied.append((time.time() - self.started, device, mbps))
 
 
 _SERVER = """

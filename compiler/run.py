@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from halpc.adapt import Choice
+from halpc.control import Controller
 from halpc.errors import HalpcError
 from halpc.planner import predict_bundle
 from halpc.planner.cost import Event, Prediction
@@ -63,11 +65,10 @@ def spawn_stubs(bundle: str | Path, manifest: Manifest, popen: Popen = local_pop
     stubs = Stubs()
     env = {**os.environ, "HALPC_PYTHON": sys.executable}
     try:
-        for device in manifest.devices:
-            if not device.host and manifest.program(device.name):
-                argv = [str(manifest.path(device.name, "launch.sh"))]
-                stubs.logs[device.name] = log = tempfile.TemporaryFile()
-                stubs.procs[device.name] = popen(device.name, argv, stdout=stdout, stderr=log, env=env)
+        for device in manifest.workers:
+            argv = [str(manifest.path(device, "launch.sh"))]
+            stubs.logs[device] = log = tempfile.TemporaryFile()
+            stubs.procs[device] = popen(device, argv, stdout=stdout, stderr=log, env=env)
         yield stubs
     finally:
         for proc in stubs.procs.values():
@@ -91,6 +92,16 @@ class RunSummary:
     ended: float
     checks: list[OutputCheck] = field(default_factory=list)
     local_s: list[float] = field(default_factory=list)  # the unsplit model on the host, per input
+    # With a policy: per task, what it chose and the link estimate it chose at (task order).
+    decisions: list[tuple[Choice, dict[str, float]]] = field(default_factory=list)
+    deadline_s: float | None = None
+
+    @property
+    def reliability(self) -> float | None:
+        """The share of tasks that met the deadline (None without one)."""
+        if self.deadline_s is None:
+            return None
+        return sum(x <= self.deadline_s for x in self.latencies_s) / len(self.results)
 
     @property
     def latencies_s(self) -> list[float]:
@@ -151,6 +162,15 @@ class RunSummary:
             "speedup": self.speedup,
             "throughput_speedup": self.throughput_speedup,
             "exact": self.exact if self.checks else None,
+            "deadline_ms": None if self.deadline_s is None else self.deadline_s * 1e3,
+            "reliability": self.reliability,
+            "tasks": [
+                {"task": i, "plan": r.plan, "latency_ms": round(r.latency_s * 1e3, 3),
+                 **({"variant": d[0].variant, "accuracy": d[0].accuracy,
+                     "predicted_ms": round(d[0].predicted_s * 1e3, 3), "reason": d[0].reason,
+                     "estimate_mbps": {k: round(v, 2) for k, v in d[1].items()}} if d else {})}
+                for i, (r, d) in enumerate(zip(self.results, self.decisions or [None] * len(self.results)))
+            ],
             "timeline": [
                 {"task": i, "device": e["device"], "kind": e["kind"],
                  "start_ms": round((e["start"] - origin) * 1e3, 3),
@@ -170,37 +190,74 @@ def run(
     bind: str | None = None,
     stub_stdout: Any = None,
     warmup: int = 1,
+    policy: str | None = None,
+    deadline_s: float | None = None,
+    period_s: float | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> RunSummary:
-    """Run one task per input, after `warmup` untimed tasks; `check` also runs the unsplit
-    model on the host and compares. Tasks are numbered from 0 in `results` order."""
+    """Run one task per input, after `warmup` untimed tasks of every plan; `check` also runs
+    the unsplit model(s) on the host and compares. Tasks are numbered from 0 in `results`
+    order. With a `policy` (`adapt.POLICIES`) a `Controller` picks each task's plan; with
+    `period_s` task k starts no earlier than k periods after the first (frames from a
+    camera). `on_start` is called just before the first timed task."""
     host = HostSession(bundle, bind=bind, timeout_s=timeout_s)
     with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout) if spawn
                 else contextlib.nullcontext()) as stubs:
         host.connect(watch=stubs.check if stubs else None)
         # Timed only once every stub is up: loading its sessions would slow the unsplit runs.
-        expected = _reference(host.manifest, inputs) if check else None
+        local = _reference_times(host.manifest, inputs) if check else []
+        plans = [p.id for p in host.manifest.plans]
         for _ in range(warmup):  # every device opens its sessions' buffers on its first task
-            host.run(inputs[0])
+            for plan in plans:
+                list(host.stream([inputs[0]], in_flight=1, choose=lambda _, plan=plan: plan))
+        controller = Controller(host, policy, deadline_s) if policy else None
+        first = host.next_task
+        if on_start:
+            on_start()
         started = time.time()
-        results = list(host.stream(inputs, in_flight=in_flight))
+        paced = _paced(inputs, started, period_s) if period_s else inputs
+        results = list(host.stream(paced, in_flight=in_flight,
+                                   choose=controller.choose if controller else None,
+                                   observe=controller.observe if controller else None))
         ended = max(r.end for r in results)
-    summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended)
-    if expected is not None:
-        summary.local_s = expected[1]
-        for i, (result, wanted) in enumerate(zip(results, expected[0])):
-            for name, array in wanted.items():
-                summary.checks.append(compare_output(f"task {i}", name, array, result.outputs[name]))
+    summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended, local_s=local,
+                         deadline_s=deadline_s)
+    if controller:
+        summary.decisions = [controller.decisions[first + i] for i in range(len(results))]
+    if check:
+        summary.checks = _check(host.manifest, inputs, results)
     return summary
 
 
-def _reference(manifest: Manifest, inputs: list[dict[str, np.ndarray]]):
-    """The unsplit model's outputs for each input, and its time per input on the host."""
+def _paced(inputs: list[dict[str, np.ndarray]], started: float, period_s: float):
+    for k, arrays in enumerate(inputs):
+        time.sleep(max(0.0, started + k * period_s - time.time()))
+        yield arrays
+
+
+def _reference_times(manifest: Manifest, inputs: list[dict[str, np.ndarray]]) -> list[float]:
+    """The default plan's unsplit model's time per input on the host."""
     session = make_session(str(manifest.reference_model()), manifest.host.threads)
     names = manifest.outputs
     session.run(names, inputs[0])  # warm-up, as the stubs' sessions are warm after one task
-    outputs, seconds = [], []
+    seconds = []
     for arrays in inputs:
         at = time.perf_counter()
-        outputs.append(dict(zip(names, session.run(names, arrays))))
+        session.run(names, arrays)
         seconds.append(time.perf_counter() - at)
-    return outputs, seconds
+    return seconds
+
+
+def _check(manifest: Manifest, inputs: list[dict[str, np.ndarray]], results: list[TaskResult]) -> list[OutputCheck]:
+    """Every task's outputs against the unsplit model of the variant its plan ran."""
+    sessions: dict[Path, Any] = {}
+    checks = []
+    for i, (arrays, result) in enumerate(zip(inputs, results)):
+        plan = manifest.plan(result.plan)
+        path = plan.reference_model()
+        if path not in sessions:
+            sessions[path] = make_session(str(path), manifest.host.threads)
+        wanted = dict(zip(plan.outputs, sessions[path].run(plan.outputs, arrays)))
+        for name, array in wanted.items():
+            checks.append(compare_output(f"task {i}", name, array, result.outputs[name]))
+    return checks

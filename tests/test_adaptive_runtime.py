@@ -1,0 +1,145 @@
+"""Bundles of several plans and variants, end to end: compiled, verified, served by real stubs.
+
+- Every plan of every variant is bit-exact to its own variant's unsplit model.
+- Model selection picks the variant the deadline allows, in the policy and in a real run.
+- On the emulated cluster a link's rate changes during a stream (a trace replayed with tbf) and
+  the host switches plan within a few tasks, and back.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import models  # examples/models.py
+from bundles import free_ports, local_cluster, save
+from halpc import netlab
+from halpc.adapt import choose
+from halpc.compile import Variant, compile_bundle
+from halpc.control import bundle_predictor, link_samples, plan_options
+from halpc.run import local_popen, run
+from halpc.trace import load_trace
+from halpc.verify import random_inputs, verify
+from halpc_stub.manifest import load_manifest
+
+ACCURACY = {"mobilenet_v1_025": 50.6, "mobilenet_v1_050": 63.7, "mobilenet_v1_100": 70.6}
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> Path:
+    """MobileNet-V1 at three widths, 64x64, planned at 10 and 1000 Mbit/s for two devices."""
+    tmp = tmp_path_factory.mktemp("variants")
+    family = [Variant(save(models.build(name, 64, 64, seed=1), tmp, f"{name}.onnx"), acc)
+              for name, acc in ACCURACY.items()]
+    cluster = local_cluster(2, bandwidth_mbps=100, gmacs=1.0, ports=free_ports(2))
+    out = tmp / "bundle"
+    compile_bundle(None, cluster, out, "halp", variants=family, bandwidths=(10, 1000), deadline_ms=50)
+    return out
+
+
+def test_every_plan_of_every_variant_is_exact(variants: Path) -> None:
+    manifest = load_manifest(variants)
+    plans = manifest.plans
+    assert plans[0].data["variant"] == "mobilenet_v1_100"  # the most accurate is the default
+    assert {p.data["variant"] for p in plans} == set(ACCURACY)
+    assert all(any(p.id.endswith("/local") for p in plans if p.data["variant"] == v) for v in ACCURACY)
+    assert len({p.data["plan_sha256"] for p in plans}) == len(plans)
+    checks = verify(variants)
+    assert len(checks) == len(plans) and all(c.exact for c in checks), checks
+    # A strip two plans share is one file: no two model files of a device hold the same bytes.
+    for device in ("host", "dev-1"):
+        digests = [d for rel, d in manifest.data["artifacts"].items()
+                   if rel.startswith(f"{device}/") and rel.endswith(".onnx")]
+        assert len(digests) == len(set(digests))
+    # The stub opens each file once, whatever the number of plans naming it.
+    proc = subprocess.run([str(variants / "dev-1" / "launch.sh"), "--check"], capture_output=True, text=True,
+                          timeout=120, env={"HALPC_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    files = {s["model"] for p in plans for s in p.program("dev-1") if "model" in s}
+    assert f"{len(files)} models verified and loaded" in proc.stdout
+    assert f"({len(plans) - 1} alternative plans)" in proc.stdout
+
+
+def test_selection_meets_the_deadline_with_the_most_accurate_variant(variants: Path) -> None:
+    manifest = load_manifest(variants)
+    options = plan_options(manifest)
+    predict = bundle_predictor(manifest)
+    link = {"dev-1": 100.0}
+    fastest = {}
+    for o in options:
+        fastest[o.variant] = min(fastest.get(o.variant, float("inf")), predict(o.id, link))
+    small, mid, big = (fastest[v] for v in ACCURACY)
+    assert small < mid < big
+    for deadline, expected in ((big * 1.01, "mobilenet_v1_100"), ((mid + big) / 2, "mobilenet_v1_050"),
+                               ((small + mid) / 2, "mobilenet_v1_025"), (small / 2, "mobilenet_v1_025")):
+        choice = choose("select", options, predict, link, deadline)
+        assert choice.variant == expected, (deadline, choice)
+        assert choice.predicted_s == pytest.approx(fastest[expected])
+    assert "none meets" in choose("select", options, predict, link, small / 2).reason
+    # For real: stubs serve the chosen variant's plan, outputs exact to that variant's model.
+    inputs = [random_inputs(manifest, seed) for seed in range(4)]
+    for deadline, expected in ((big * 1.01, "mobilenet_v1_100"), ((small + mid) / 2, "mobilenet_v1_025")):
+        summary = run(variants, inputs, in_flight=1, check=True, spawn=local_popen, timeout_s=60,
+                      policy="select", deadline_s=deadline)
+        assert summary.exact and len(summary.checks) == 4
+        assert {choice.variant for choice, _ in summary.decisions} == {expected}
+        assert {manifest.plan(r.plan).data["variant"] for r in summary.results} == {expected}
+
+
+def test_link_samples_from_a_timeline() -> None:
+    """Waited-for messages measure the link; back-to-back ones queue behind each other."""
+    events = [
+        {"device": "host", "kind": "send", "start": 0.0, "end": 0.010, "label": "x rows 0..4", "peer": "dev-1",
+         "bytes": 62_500},
+        {"device": "host", "kind": "send", "start": 0.0, "end": 0.020, "label": "x rows 4..8", "peer": "dev-1",
+         "bytes": 62_500},
+        {"device": "dev-1", "kind": "wait", "start": 0.0, "end": 0.010, "label": "x rows 0..4", "peer": "host"},
+        {"device": "dev-1", "kind": "wait", "start": 0.011, "end": 0.020, "label": "x rows 4..8", "peer": "host"},
+        # Not waited for (the host was busy): says nothing about the link.
+        {"device": "dev-1", "kind": "send", "start": 0.030, "end": 0.090, "label": "y rows 0..2", "peer": "host",
+         "bytes": 100_000},
+    ]
+    assert link_samples(events, "host") == {"dev-1": pytest.approx(50.0)}
+    assert link_samples(events[2:], "host") == {}
+
+
+LAB_UNAVAILABLE = netlab.available()
+# The link is fast, slow, then fast again; the bundle has a split plan for 100 Mbit/s and runs
+# ResNet-18 on the host alone at 10.
+SWING = "time_s,mbps\n0,100\n3,10\n7,100\n11,100\n"
+
+
+@pytest.mark.slow
+def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> None:
+    if LAB_UNAVAILABLE:
+        pytest.skip(f"no emulated cluster here: {LAB_UNAVAILABLE}")
+    model = save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx")
+    trace_file = tmp_path / "swing.csv"
+    trace_file.write_text(SWING)
+    with netlab.NetLab({"dev-1": 100}) as lab:
+        cluster = local_cluster(2, bandwidth_mbps=100, gmacs=8.0, ips=[lab.host_ip, lab.ip("dev-1")],
+                                ports=free_ports(2))
+        bundle = tmp_path / "bundle"
+        compile_bundle(model, cluster, bundle, "halp", bandwidths=(10, 100))
+        manifest = load_manifest(bundle)
+        fast, slow = (min((o for o in plan_options(manifest) if o.bandwidth_mbps is not None
+                           and level in manifest.plan(o.id).data["bandwidths"]), key=lambda o: o.id).id
+                      for level in (100, 10))
+        assert fast != slow and manifest.plan(fast).program("dev-1")
+        trace = load_trace(str(trace_file), ["dev-1"])
+        inputs = [random_inputs(manifest, seed % 4) for seed in range(44)]
+        with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay:
+            summary = run(bundle, inputs, in_flight=1, check=True, spawn=lab.popen, timeout_s=60,
+                          policy="adaptive", period_s=0.25, on_start=replay.start)
+        assert [rate for _, _, rate in replay.applied] == [100, 10, 100]
+    assert summary.exact and len(summary.checks) == 44
+    at = [(r.start - summary.started, r.plan) for r in summary.results]
+    # Each phase, after a second to notice: the plan for the rate the link has.
+    assert {plan for t, plan in at if 1.0 < t < 3.0} == {fast}, at
+    assert {plan for t, plan in at if 4.5 < t < 7.0} == {slow}, at
+    assert {plan for t, plan in at if 9.0 < t} == {fast}, at
+    estimates = [(r.start - summary.started, e["dev-1"]) for r, (_, e) in zip(summary.results, summary.decisions)]
+    assert all(e < 40 for t, e in estimates if 5.0 < t < 7.0), estimates
+    assert all(e > 40 for t, e in estimates if 10.0 < t), estimates
