@@ -15,6 +15,7 @@ process that died are removed the next time a lab is set up.  Nothing else on th
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import re
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from halpc.errors import HalpcError
 
@@ -32,6 +34,8 @@ _PREFIX = "hl"
 _NAME = re.compile(rf"^{_PREFIX}([0-9a-f]+)_")  # the pid of the process that made the object
 _SUBNET = "10.213"
 _labs = itertools.count()
+_CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+_CGROUP_V2 = Path("/sys/fs/cgroup")
 
 
 def available() -> str | None:
@@ -66,14 +70,72 @@ def ensure_iproute2() -> None:
     _run("apt-get", "install", "-y", "-qq", "iproute2", env=env)
 
 
+def cpu_limits_available() -> str | None:
+    """None when CPU shares can be limited here (cgroup CPU bandwidth control), else why not."""
+    if os.geteuid() != 0:
+        return "CPU limits need root"
+    if _CGROUP_V1.is_dir() and (_CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        return None
+    controllers = _CGROUP_V2 / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        return None
+    return "no cgroup CPU controller (cpu.cfs_quota_us or cpu.max) here"
+
+
+class CpuLimit:
+    """A cgroup whose processes together get `share` of one core: a board slower than this
+    machine. CFS bandwidth control gives the share every `PERIOD_US`; a short period keeps
+    the stalls short. `add(pid)` moves a process (all its threads) in; `close()` moves every
+    process back out and deletes the group."""
+
+    PERIOD_US = 4000
+
+    def __init__(self, name: str, share: float) -> None:
+        if not 0 < share <= (os.cpu_count() or 1):
+            raise HalpcError(f"CPU share {share} must be in (0, {os.cpu_count()}]")
+        why = cpu_limits_available()
+        if why:
+            raise HalpcError(why)
+        quota = max(1000, int(share * self.PERIOD_US))
+        self.v1 = _CGROUP_V1.is_dir() and (_CGROUP_V1 / "cpu.cfs_quota_us").exists()
+        root = _CGROUP_V1 if self.v1 else _CGROUP_V2
+        self.parent = root / "cgroup.procs"
+        self.path = root / name
+        self.path.mkdir(exist_ok=True)
+        if self.v1:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def close(self) -> None:
+        if not self.path.exists():
+            return
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                self.parent.write_text(pid)
+            except OSError:
+                pass  # exited meanwhile
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
 class NetLab:
     """Namespaced devices behind shaped links; use as a context manager.
 
     ``devices`` maps device names to link rates in Mbit/s.  Device ``i`` (in dict
-    order) has address ``10.213.X.(i+2)``; the host is ``10.213.X.1``.
+    order) has address ``10.213.X.(i+2)``; the host is ``10.213.X.1``. ``cpu`` gives
+    devices (the host too, by its name) a share of one core (`CpuLimit`): processes started
+    with `popen` run under their device's share; `limit_host()` puts this process under the
+    host's.
     """
 
-    def __init__(self, devices: dict[str, float]):
+    def __init__(self, devices: dict[str, float], cpu: dict[str, float] | None = None):
         if not 1 <= len(devices) <= 250:
             raise HalpcError(f"a NetLab holds 1 to 250 devices, not {len(devices)}")
         self._closed = False
@@ -94,6 +156,7 @@ class NetLab:
             _run("ip", "link", "set", self._bridge, "up")
             for name, mbps in devices.items():
                 self._add_device(name, mbps)
+            self._cpu = {name: CpuLimit(f"{tag}c{name}", share) for name, share in (cpu or {}).items()}
         except BaseException:
             self.close()
             raise
@@ -126,7 +189,22 @@ class NetLab:
         """Start ``argv`` inside the device's namespace; :meth:`close` ends it."""
         proc = subprocess.Popen(["ip", "netns", "exec", self.netns(device), *argv], **kwargs)
         self._procs.append(proc)
+        if device in self._cpu:
+            self._cpu[device].add(proc.pid)  # `ip netns exec` and launch.sh exec: one pid
         return proc
+
+    @contextlib.contextmanager
+    def limit_host(self, name: str = "host"):
+        """Run this process (the host's side of a run) under the share `cpu` gave `name`."""
+        limit = self._cpu.get(name)
+        if limit is None:
+            yield
+            return
+        limit.add(os.getpid())
+        try:
+            yield
+        finally:
+            limit.parent.write_text(str(os.getpid()))
 
     def set_rate(self, device: str, mbps: float) -> None:
         """Shape the device's link to ``mbps`` in both directions, live."""
@@ -151,6 +229,8 @@ class NetLab:
         self._closed = True
         atexit.unregister(self.close)
         _stop(self._procs)
+        for limit in getattr(self, "_cpu", {}).values():
+            limit.close()
         for name in getattr(self, "_netns", {}):
             _run("ip", "link", "delete", self._veth[name], check=False)
             _delete_netns(self._netns[name])
@@ -300,6 +380,12 @@ def _remove_stale() -> None:
         _run("ip", "link", "delete", link, check=False)
     for ns in filter(dead, (line.split()[0] for line in _run("ip", "netns", "list").splitlines())):
         _delete_netns(ns)
+    for root in (_CGROUP_V1, _CGROUP_V2):
+        if root.is_dir():
+            for group in root.iterdir():
+                if group.is_dir() and dead(group.name):
+                    with contextlib.suppress(OSError):
+                        group.rmdir()  # empty: its processes died with their maker
 
 
 def _free_subnet() -> int:

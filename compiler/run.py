@@ -216,9 +216,11 @@ def run(
             on_start()
         started = time.time()
         paced = _paced(inputs, started, period_s) if period_s else inputs
-        results = list(host.stream(paced, in_flight=in_flight,
-                                   choose=controller.choose if controller else None,
-                                   observe=controller.observe if controller else None))
+        results = []
+        for result in host.stream(paced, in_flight=in_flight, choose=controller.choose if controller else None):
+            if controller:
+                controller.finished()
+            results.append(result)
         ended = max(r.end for r in results)
     summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended, local_s=local,
                          deadline_s=deadline_s)

@@ -32,6 +32,9 @@ from halpc_stub.node import Node, Task
 from halpc_stub.session import load_sessions
 
 
+MIN_PROBE_GAP_S = 0.0005  # 64 kB in less would be a link faster than 1 Gbit/s
+
+
 class RunError(BundleError):
     """A device did not answer or did not deliver its rows in time."""
 
@@ -175,13 +178,13 @@ class HostSession:
         return result.outputs
 
     def stream(self, inputs: Iterable[dict[str, np.ndarray]], in_flight: int = 2,
-               choose: Callable[[int], str] | None = None,
-               observe: Callable[[TaskResult], None] | None = None) -> Iterator[TaskResult]:
+               choose: Callable[[int], str] | None = None) -> Iterator[TaskResult]:
         """Results in input order, with up to `in_flight` tasks running at once.
 
         `choose(task)` names the plan each task runs (default: the bundle's default plan); a
-        task runs under one plan from start to end. `observe(result)` is called once the
-        devices' timelines of a task are merged into its result."""
+        task runs under one plan from start to end. A result is yielded as soon as the task
+        is done, before the next one starts; the devices' timelines are merged into it as
+        they arrive (`merged`)."""
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         if not self.connected:
@@ -210,14 +213,15 @@ class HostSession:
                                     self._host_events(task))
                 unmerged.append(result)
                 yield result
-            unmerged = self._merge_traces(unmerged, observe)
+            unmerged = self._merge_traces(unmerged)
             if active and not node.receive(timeout_ms=20):
                 self._check_progress(active)
-        self._merge_traces(unmerged, observe, timeout_s=2.0)
+        self._merge_traces(unmerged, timeout_s=2.0)
 
-    def probe(self, device: str, nbytes: int = 128 * 1024, lead: int = 64 * 1024) -> None:
+    def probe(self, device: str, nbytes: int = 64 * 1024, lead: int = 48 * 1024) -> None:
         """Measure `device`'s link: a `lead` message, then `nbytes` right behind it. The answer
-        lands in `probed` (see `take_probes`)."""
+        lands in `probed` (see `take_probes`). Together they stay under what a slow link's
+        router buffers (~150 kB at 10 Mbit/s); more would be dropped and retransmitted."""
         seq, self.next_probe = self.next_probe, self.next_probe + 1
         for part, size in ((0, lead), (1, nbytes)):
             header = wire.encode({"kind": "probe", "from": self.node.name, "session": self.node.session_id,
@@ -227,7 +231,9 @@ class HostSession:
     def take_probes(self) -> list[tuple[str, float]]:
         """(device, Mbit/s) of every probe answered since the last call."""
         self.node.receive(timeout_ms=0)
-        found = [(device, size * 8 / gap / 1e6) for device, size, gap in self.node.probed if gap > 0]
+        # A gap under MIN_PROBE_GAP_S means the device read both parts in one go (it was busy
+        # when they came): it says nothing about the link.
+        found = [(device, size * 8 / gap / 1e6) for device, size, gap in self.node.probed if gap >= MIN_PROBE_GAP_S]
         self.node.probed.clear()
         return found
 
@@ -245,8 +251,7 @@ class HostSession:
     def _host_events(self, task: Task) -> list[dict[str, Any]]:
         return [_event(self.node.name, e) for e in task.events]
 
-    def _merge_traces(self, results: list[TaskResult], observe: Callable[[TaskResult], None] | None,
-                      timeout_s: float = 0.0) -> list[TaskResult]:
+    def _merge_traces(self, results: list[TaskResult], timeout_s: float = 0.0) -> list[TaskResult]:
         """Merge the devices' timelines into every result whose devices have all sent theirs
         (waiting up to `timeout_s` for them); the results still waiting."""
         node = self.node
@@ -267,8 +272,6 @@ class HostSession:
                         events.append(_event(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
             result.events = _join_sends(events)
             result.merged = True
-            if observe:
-                observe(result)
         return waiting
 
 

@@ -7,22 +7,28 @@
 """
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import models  # examples/models.py
-from bundles import free_ports, local_cluster, save
+from bundles import free_ports, local_cluster, save, trunk_of
 from halpc import netlab
 from halpc.adapt import choose
 from halpc.compile import Variant, compile_bundle
-from halpc.control import bundle_predictor, link_samples, plan_options
-from halpc.run import local_popen, run
+from halpc.control import bundle_predictor, plan_options
+from halpc.profile import median_run_seconds
+from halpc.run import local_popen, run, spawn_stubs
 from halpc.trace import load_trace
 from halpc.verify import random_inputs, verify
+from halpc_stub.host import HostSession
 from halpc_stub.manifest import load_manifest
+from halpc_stub.session import make_session
 
 ACCURACY = {"mobilenet_v1_025": 50.6, "mobilenet_v1_050": 63.7, "mobilenet_v1_100": 70.6}
 
@@ -88,21 +94,11 @@ def test_selection_meets_the_deadline_with_the_most_accurate_variant(variants: P
         assert {manifest.plan(r.plan).data["variant"] for r in summary.results} == {expected}
 
 
-def test_link_samples_from_a_timeline() -> None:
-    """Waited-for messages measure the link; back-to-back ones queue behind each other."""
-    events = [
-        {"device": "host", "kind": "send", "start": 0.0, "end": 0.010, "label": "x rows 0..4", "peer": "dev-1",
-         "bytes": 62_500},
-        {"device": "host", "kind": "send", "start": 0.0, "end": 0.020, "label": "x rows 4..8", "peer": "dev-1",
-         "bytes": 62_500},
-        {"device": "dev-1", "kind": "wait", "start": 0.0, "end": 0.010, "label": "x rows 0..4", "peer": "host"},
-        {"device": "dev-1", "kind": "wait", "start": 0.011, "end": 0.020, "label": "x rows 4..8", "peer": "host"},
-        # Not waited for (the host was busy): says nothing about the link.
-        {"device": "dev-1", "kind": "send", "start": 0.030, "end": 0.090, "label": "y rows 0..2", "peer": "host",
-         "bytes": 100_000},
-    ]
-    assert link_samples(events, "host") == {"dev-1": pytest.approx(50.0)}
-    assert link_samples(events[2:], "host") == {}
+def local_seconds(model: Path) -> float:
+    """The median time of the whole model here, one thread."""
+    session = make_session(str(model))
+    feeds = {i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs()}
+    return median_run_seconds(session, feeds, repeat=7)
 
 
 LAB_UNAVAILABLE = netlab.available()
@@ -111,15 +107,42 @@ LAB_UNAVAILABLE = netlab.available()
 SWING = "time_s,mbps\n0,100\n3,10\n7,100\n11,100\n"
 
 
-@pytest.mark.slow
-def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> None:
+def test_a_probe_measures_the_link_rate(tmp_path: Path) -> None:
     if LAB_UNAVAILABLE:
         pytest.skip(f"no emulated cluster here: {LAB_UNAVAILABLE}")
+    model = save(models.build("vgg16", 32, 32, seed=1), tmp_path, "vgg16.onnx")
+    with netlab.NetLab({"dev-1": 20}) as lab:
+        cluster = local_cluster(2, ips=[lab.host_ip, lab.ip("dev-1")], ports=free_ports(2), gmacs=0.5)
+        bundle = tmp_path / "bundle"
+        compile_bundle(model, cluster, bundle, "even")
+        manifest = load_manifest(bundle)
+        with spawn_stubs(bundle, manifest, lab.popen) as stubs, HostSession(bundle) as host:
+            host.connect(watch=stubs.check)
+            for mbps in (20, 80, 10):
+                lab.set_rate("dev-1", mbps)
+                found = []
+                for _ in range(3):
+                    host.probe("dev-1")
+                    deadline = time.time() + 5
+                    while not (got := host.take_probes()) and time.time() < deadline:
+                        time.sleep(0.01)
+                    found += [rate for _, rate in got]
+                assert len(found) == 3 and 0.8 * mbps < statistics.median(found) < 1.1 * mbps, (mbps, found)
+
+
+@pytest.mark.slow
+def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> None:
+    why = LAB_UNAVAILABLE or netlab.cpu_limits_available()
+    if why:
+        pytest.skip(f"no emulated cluster with slow boards here: {why}")
     model = save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx")
     trace_file = tmp_path / "swing.csv"
     trace_file.write_text(SWING)
-    with netlab.NetLab({"dev-1": 100}) as lab:
-        cluster = local_cluster(2, bandwidth_mbps=100, gmacs=8.0, ips=[lab.host_ip, lab.ip("dev-1")],
+    # Boards a quarter as fast as one core of this machine, so that splitting pays on a fast link.
+    with netlab.NetLab({"dev-1": 100}, cpu={"host": 0.25, "dev-1": 0.25}) as lab:
+        with lab.limit_host():
+            gmacs = trunk_of(model).macs / local_seconds(model) / 1e9
+        cluster = local_cluster(2, bandwidth_mbps=100, gmacs=gmacs, ips=[lab.host_ip, lab.ip("dev-1")],
                                 ports=free_ports(2))
         bundle = tmp_path / "bundle"
         compile_bundle(model, cluster, bundle, "halp", bandwidths=(10, 100))
@@ -130,7 +153,7 @@ def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> No
         assert fast != slow and manifest.plan(fast).program("dev-1")
         trace = load_trace(str(trace_file), ["dev-1"])
         inputs = [random_inputs(manifest, seed % 4) for seed in range(44)]
-        with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay:
+        with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay, lab.limit_host():
             summary = run(bundle, inputs, in_flight=1, check=True, spawn=lab.popen, timeout_s=60,
                           policy="adaptive", period_s=0.25, on_start=replay.start)
         assert [rate for _, _, rate in replay.applied] == [100, 10, 100]
