@@ -1,16 +1,17 @@
 """The host's choice of plan per task at run time: it measures its links, predicts, decides.
 
 `Controller.choose` is what `HostSession.stream` asks before each task; `Controller.finished`
-is told when one is done. After every task the host probes each device's link with its
-own transfers (`HostSession.probe`: two messages back to back; the device times the gap
+is told when one is done. After a task the host probes each device's link (at most every
+PROBE_INTERVAL_S) with its own transfers (`HostSession.probe`: two messages back to back; the device times the gap
 between their arrivals, over which the second crossed the link at the link's rate). Probes go
 out when the task is done, so with one task in flight they measure the link and not the task's
 own traffic. Timing the task's rows instead was tried: a device busy computing, or starved of
 CPU, notices rows late, which read as a link 30-70% slower than it was.
 
 The samples are smoothed (`adapt.LinkEstimator`), the cost model predicts every plan at the
-estimate, and the policy (`adapt.choose`) picks. A probe's answer is used from the task after
-the next, so decisions lag the channel by about one task, as `simulate.replay` assumes.
+estimate, and the policy (`adapt.choose`) picks. A probe's answer is used from the next task
+that starts after it came, so decisions lag the channel by up to PROBE_INTERVAL_S and a task,
+as `simulate.replay` assumes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from halpc_stub.host import HostSession
 from halpc_stub.manifest import Manifest
 
 PROBE_TIMEOUT_S = 2.0  # a probe not answered by then is forgotten and sent again
+# At most this often per link: a probe is 112 kB, 18% of a 10 Mbit/s link's time at this rate.
+# Probing after every task of a fast stream would fill the link and both processors.
+PROBE_INTERVAL_S = 0.5
 
 
 def plan_options(manifest: Manifest) -> list[PlanOption]:
@@ -65,7 +69,10 @@ class Controller:
         self.estimator = LinkEstimator(nominal_rates(manifest, self.devices), alpha)
         self.decisions: dict[int, tuple[Choice, dict[str, float]]] = {}  # task -> (choice, estimate)
         self.samples: list[tuple[float, str, float]] = []  # (time, device, Mbit/s) of every probe
-        self.probing: dict[str, float] = {}  # device -> when its probe went out
+        self.probing: dict[str, float] = {}  # device -> when its probe went out, until answered
+        self.probed: dict[str, float] = {}  # device -> when its last probe went out
+        # A policy the bundle cannot serve (standalone without a local plan) fails here, at once.
+        choose(policy, self.options, self.predict, self.estimator.estimate, deadline_s)
 
     def choose(self, task: int) -> str:
         for device, mbps in self.host.take_probes():
@@ -78,9 +85,11 @@ class Controller:
         return choice.plan
 
     def finished(self) -> None:
-        """After each task, probe every link that has no probe under way."""
+        """After a task, probe each link that has no probe under way and was not probed in the
+        last PROBE_INTERVAL_S."""
         now = time.time()
         for device in self.devices:
-            if now - self.probing.get(device, 0.0) > PROBE_TIMEOUT_S:
+            if now - self.probing.get(device, 0.0) > PROBE_TIMEOUT_S and \
+                    now - self.probed.get(device, 0.0) >= PROBE_INTERVAL_S:
                 self.host.probe(device)
-                self.probing[device] = now
+                self.probing[device] = self.probed[device] = now

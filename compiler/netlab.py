@@ -84,11 +84,9 @@ def cpu_limits_available() -> str | None:
 
 class CpuLimit:
     """A cgroup whose processes together get `share` of one core: a board slower than this
-    machine. CFS bandwidth control gives the share every `PERIOD_US`; a short period keeps
-    the stalls short. `add(pid)` moves a process (all its threads) in; `close()` moves every
-    process back out and deletes the group."""
-
-    PERIOD_US = 4000
+    machine. CFS bandwidth control gives the share every period; the shortest period its 1 ms
+    minimum quota allows keeps the stalls short (4 ms at a quarter core). `add(pid)` moves a
+    process (all its threads) in; `close()` moves every process back out and deletes the group."""
 
     def __init__(self, name: str, share: float) -> None:
         if not 0 < share <= (os.cpu_count() or 1):
@@ -96,17 +94,18 @@ class CpuLimit:
         why = cpu_limits_available()
         if why:
             raise HalpcError(why)
-        quota = max(1000, int(share * self.PERIOD_US))
+        period = round(1000 / min(share, 1.0))
+        quota = round(share * period)
         self.v1 = _CGROUP_V1.is_dir() and (_CGROUP_V1 / "cpu.cfs_quota_us").exists()
         root = _CGROUP_V1 if self.v1 else _CGROUP_V2
         self.parent = root / "cgroup.procs"
         self.path = root / name
         self.path.mkdir(exist_ok=True)
         if self.v1:
-            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
         else:
-            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            (self.path / "cpu.max").write_text(f"{quota} {period}")
 
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))

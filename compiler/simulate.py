@@ -23,6 +23,7 @@ import numpy as np
 
 from halpc.adapt import (LOCAL, POLICIES, Bandwidths, Choice, LinkEstimator, PlanOption, Predictor, choose,
                          cached, default_option)
+from halpc.control import PROBE_INTERVAL_S
 from halpc.errors import HalpcError
 from halpc.trace import Trace, load_trace
 
@@ -130,6 +131,7 @@ def replay(options: Sequence[PlanOption], predict: Predictor, trace: Trace, devi
     estimator = LinkEstimator(trace.at(0.0, devices) if initial is None else initial, alpha)
     records: list[TaskRecord] = []
     free = 0.0
+    probed = -math.inf
     for k in range(n):
         release = k * period
         start = max(release, free)
@@ -139,8 +141,10 @@ def replay(options: Sequence[PlanOption], predict: Predictor, trace: Trace, devi
         latency = float(predict(choice.plan, rates))
         records.append(TaskRecord(k, release, start, rates, estimate, choice, latency, latency <= deadline_s))
         free = start + latency
-        for device, mbps in rates.items():  # learnt from this task: used from the next one on
-            estimator.observe(device, mbps)
+        if start - probed >= PROBE_INTERVAL_S:  # the host probes after a task, this often at most:
+            probed = start                      # what it learns is used from the next task on
+            for device, mbps in rates.items():
+                estimator.observe(device, mbps)
     return PolicyResult(policy, deadline_s, records, period)
 
 

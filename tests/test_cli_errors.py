@@ -652,3 +652,49 @@ def test_verify_hand_edited_manifest(bundle_copy, field, value, words):
         data[field] = value
     path.write_text(json.dumps(data))
     error_line(run_cli("verify", bundle_copy), "manifest.json", *words)
+
+
+# -- plans for several rates, model variants, traces ---------------------------------------------
+
+
+@pytest.mark.parametrize("extra,words,code", [
+    (["--variant", "{small}:abc"], ["'abc' is not an accuracy", "FILE.onnx:70.6"], 2),
+    (["--variant", "{small}:150"], ["accuracy 150 is not a percentage"], 2),
+    (["--variant", "{other}:50", "--variant", "{other}:60"], ["two variants are named 'other'"], 2),
+    (["--variant", "{dynamic}:50"], ["dynamic.onnx", "--input-shape"], 2),
+    (["--bandwidths", "10,fast"], ["--bandwidths 10,fast", "e.g. 10,25,50,100"], 2),
+    (["--bandwidths", "0,10"], ["positive Mbit/s"], 2),
+    (["--bandwidths", "10", "--plan", "{plan}"], ["--plan compiles one plan"], 2),
+])
+def test_bad_variants_and_bandwidths(files, good_bundle, out, extra, words, code):
+    names = {**{k: str(v) for k, v in files.items()}, "plan": str(good_bundle / "plan.json")}
+    proc = compile_small(files, out, *[e.format(**names) for e in extra])
+    error_line(proc, *words, code=code)
+    assert_nothing_written(out)
+
+
+def test_variants_with_other_inputs(files, tmp_path, out):
+    bigger = tmp_path / "bigger.onnx"
+    onnx.save(models.build("mobilenet_v1_025", height=64, width=64, seed=0), str(bigger))
+    proc = compile_small(files, out, "--variant", f"{bigger}:60")
+    error_line(proc, "bigger.onnx", "differ from", "every variant must take the same inputs")
+    assert_nothing_written(out)
+
+
+def test_simulate_errors(files, good_bundle, tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time_s,mbps\n0,100\n5,-3\n")
+    error_line(run_cli("simulate", good_bundle, "--trace", "ge:"), "--deadline-ms", code=2)
+    error_line(run_cli("simulate", good_bundle, "--trace", tmp_path / "none.csv", "--deadline-ms", 10),
+               "none.csv")
+    error_line(run_cli("simulate", good_bundle, "--trace", trace, "--deadline-ms", 10), "trace.csv:3", "not positive")
+    error_line(run_cli("simulate", good_bundle, "--trace", "ge:good=100,colour=red", "--deadline-ms", 10),
+               "colour")
+    # A bundle of one plan simulates (standalone needs a local plan: said in a note).
+    proc = run_cli("simulate", good_bundle, "--trace", "ge:duration=2", "--deadline-ms", 10, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == {"fixed", "adaptive", "select"}
+
+
+def test_run_policy_needs_a_local_plan(good_bundle):
+    error_line(run_cli("run", good_bundle, "--policy", "standalone", "--timeout", "1"), "no local plan")

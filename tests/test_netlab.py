@@ -125,3 +125,27 @@ def test_setup_is_fast_and_two_labs_do_not_clash():
     with netlab.NetLab({f"dev-{i}": 100 for i in range(4)}) as a, netlab.NetLab({"dev-0": 100}) as b:
         assert time.perf_counter() - start < 5
         assert a.host_ip != b.host_ip and a.netns("dev-0") != b.netns("dev-0")
+
+
+_SPIN = ("import time, resource; end = time.time() + 1.0\n"
+         "while time.time() < end: pass\n"
+         "print(resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime)")
+
+
+def test_a_cpu_share_slows_a_device_and_is_removed_after():
+    why = netlab.cpu_limits_available()
+    if why:
+        pytest.skip(why)
+    with netlab.NetLab({"dev-1": 100}, cpu={"dev-1": 0.25, "host": 0.5}) as lab:
+        proc = lab.popen("dev-1", [sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
+        cpu_seconds = float(proc.communicate(timeout=30)[0])
+        groups = [limit.path for limit in lab._cpu.values()]
+        assert all(g.is_dir() for g in groups)
+        with lab.limit_host():
+            assert str(os.getpid()) in (lab._cpu["host"].path / "cgroup.procs").read_text().split()
+        assert str(os.getpid()) not in (lab._cpu["host"].path / "cgroup.procs").read_text().split()
+    # A second of spinning got a quarter of a core (plus start-up before it joined the group).
+    assert 0.15 < cpu_seconds < 0.45, cpu_seconds
+    assert not any(g.exists() for g in groups)
+    with pytest.raises(HalpcError, match="CPU share"):
+        netlab.CpuLimit("hl_bad", 0)

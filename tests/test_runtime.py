@@ -151,6 +151,9 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
         h.update(changes)
         return json.dumps(h).encode()
 
+    def probe(**changes) -> bytes:
+        return wire.encode({"kind": "probe", "from": "host", "session": "s1", "seq": 0, "part": 0, **changes})
+
     bad = [
         [b"not json"],
         [b"{}"],
@@ -169,6 +172,11 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
         [header()],  # no buffer
         [header(), good, good],  # extra frame
         [b"x" * 100_000, good],  # oversized header
+        [probe(part=1), b"\0" * 100],  # a probe's second part without its first
+        [probe(part=0), b"\0" * (wire.MAX_PROBE_BYTES + 1)],  # an oversized probe
+        [probe(part=2), b""],
+        [probe(seq=-1), b""],
+        [probe(**{"from": "dev-1"}), b""],  # probes come from the host only
     ]
     inputs = [random_inputs(manifest, s) for s in range(2)]
     with spawn_stubs(bundle, manifest) as stubs:
@@ -189,7 +197,9 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
     assert len(reasons) == len(bad), log
     for words in ("not JSON", "protocol version 9", "unknown kind", "is not one of this bundle's plans",
                   "no step receives 'nope'", "expected float32", "block 99", "bad task id -1",
-                  "bad session", "buffer of", "rows message with 1 frames", "exceeds"):
+                  "bad session", "buffer of", "rows message with 1 frames", "exceeds",
+                  "part 1 without part 0", "probe of", "bad probe part 2", "bad probe sequence number -1",
+                  "probe from 'dev-1'"):
         assert any(words in r for r in reasons), (words, reasons)
 
 
