@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: setup system-deps demo test test-fast bench clean
+.PHONY: setup system-deps demo demo-adaptive test test-fast bench clean
 
 $(BIN)/halpc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,20 @@ demo: setup
 	$(BIN)/halpc verify $(DEMO)/bundle --seeds 2
 	$(BIN)/halpc run $(DEMO)/bundle --spawn --check --tasks 5 --in-flight 1 --report $(DEMO)/run.html
 
+# MobileNet-V1 at four widths in one bundle, planned for 10, 100 and 1000 Mbit/s: simulate a changing
+# link against a 40 ms deadline, then run it, the host choosing variant and plan per task.
+ADAPT := build/adaptive
+WIDTHS := 025:50.6 050:63.7 075:68.4 100:70.6
+demo-adaptive: setup
+	mkdir -p $(ADAPT)
+	for w in $(WIDTHS); do $(BIN)/python examples/models.py mobilenet_v1_$${w%%:*} -o $(ADAPT)/mobilenet_v1_$${w%%:*}.onnx; done
+	$(BIN)/halpc compile $(foreach w,$(WIDTHS),--variant $(ADAPT)/mobilenet_v1_$(firstword $(subst :, ,$(w))).onnx:$(lastword $(subst :, ,$(w)))) \
+		--bandwidths 10,100,1000 --deadline-ms 40 --cluster examples/cluster_local3.toml -o $(ADAPT)/bundle
+	$(BIN)/halpc verify $(ADAPT)/bundle
+	$(BIN)/halpc simulate $(ADAPT)/bundle --trace ge:good=1000,bad=10,p=0.3,r=0.3,step=2,duration=60,seed=3 \
+		--report $(ADAPT)/simulate.html
+	$(BIN)/halpc run $(ADAPT)/bundle --spawn --check --tasks 12 --in-flight 1 --period-ms 40
+
 # Everything, slow tests included (what CI runs).
 test: setup system-deps
 	$(BIN)/python -m pytest -q --durations=15
@@ -52,6 +66,7 @@ bench: setup
 	$(BIN)/python benchmarks/strategies.py
 	$(BIN)/python benchmarks/cost_vs_measured.py
 	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/adaptive.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -1,6 +1,7 @@
 """Plain-text tables the CLI prints: the trunk, a compiled bundle, a verification."""
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 from halpc.compile import Compiled
@@ -197,7 +198,9 @@ def run_table(manifest, summary, in_flight: int) -> str:
         + f", {n} task(s), {min(in_flight, n)} in flight",
         table(header, rows, right={0, 1, 4}),
         f"latency     median {summary.latency_s * 1e3:.1f} ms (min {min(lat):.1f}, max {max(lat):.1f}); "
-        f"cost model {summary.predicted.latency_s * 1e3:.1f} ms",
+        + (f"cost model {statistics.median(c.predicted_s for c, _ in summary.decisions) * 1e3:.1f} ms "
+           "(median of the chosen plans)" if summary.decisions
+           else f"cost model {summary.predicted.latency_s * 1e3:.1f} ms"),
         f"throughput  {summary.throughput:.2f} tasks/s",
     ]
     if summary.deadline_s is not None:
@@ -205,8 +208,9 @@ def run_table(manifest, summary, in_flight: int) -> str:
         lines.append(f"deadline    {summary.deadline_s * 1e3:g} ms: {met}/{n} tasks met it "
                      f"({summary.reliability:.0%} reliability)")
     if summary.local_latency_s is not None:
+        variant = f"{manifest.data['variant']} " if len(manifest.plans) > 1 else ""
         lines.append(
-            f"unsplit     {summary.local_latency_s * 1e3:.1f} ms on the host "
+            f"unsplit     {variant}{summary.local_latency_s * 1e3:.1f} ms on the host "
             f"({manifest.host.threads} thread(s)): latency {summary.speedup:.2f}x, "
             f"throughput {summary.throughput_speedup:.2f}x faster split"
         )
