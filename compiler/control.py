@@ -58,6 +58,8 @@ def nominal_rates(manifest: Manifest, devices: Sequence[str]) -> dict[str, float
 
 
 class Controller:
+    """Per task: the plan `policy` picks at the current link estimate (see module)."""
+
     def __init__(self, host: HostSession, policy: str, deadline_s: float | None, alpha: float = 0.5) -> None:
         manifest = host.manifest
         self.host = host

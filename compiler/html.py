@@ -7,6 +7,7 @@ rectangles in pixels) is done here, in `gantt_rects`; the template only prints i
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -293,12 +294,14 @@ def _write_atomic(path: str | os.PathLike, text: str) -> None:
             out.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # under a file, the temp path itself is unusable
+            tmp.unlink(missing_ok=True)
         raise HalpcError(
             f"{path}: cannot write the report ({exc.strerror or exc}); choose a writable --report path"
         ) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -188,12 +188,18 @@ def _header(path: str, n: int, cells: list[str], devices: Sequence[str]) -> list
     return columns
 
 
-def _number(path: str, n: int, what: str, cell: str) -> float:
+def _finite(text: str) -> float | None:
+    """The finite number `text` spells, else None."""
     try:
-        value = float(cell)
+        value = float(text)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _number(path: str, n: int, what: str, cell: str) -> float:
+    value = _finite(cell)
+    if value is None:
         raise HalpcError(f"{path}:{n}: {what} {cell!r} is not a number; give a plain decimal number")
     return value
 
@@ -262,11 +268,8 @@ def _ge_keys(spec: str) -> dict[str, float]:
             )
         if not eq:
             raise HalpcError(f"{spec}: {name} has no value; write {name}=<number>")
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
+        number = _finite(value)
+        if number is None:
             raise HalpcError(f"{spec}: {name}={value} is not a number; give a plain decimal number")
         keys[name] = number
     for name in ("good", "bad", "step", "duration"):

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -130,39 +131,74 @@ def test_a_probe_measures_the_link_rate(tmp_path: Path) -> None:
                 assert len(found) == 3 and 0.8 * mbps < statistics.median(found) < 1.1 * mbps, (mbps, found)
 
 
-@pytest.mark.slow
-def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def slow_boards(tmp_path: Path, family: list[Variant]):
+    """A two-device lab of boards a quarter as fast as one core of this machine (so that
+    splitting pays on a fast link), the cluster calibrated to them, `family` compiled for 10 and
+    100 Mbit/s; yields (lab, bundle)."""
     why = LAB_UNAVAILABLE or netlab.cpu_limits_available()
     if why:
         pytest.skip(f"no emulated cluster with slow boards here: {why}")
-    model = save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx")
-    trace_file = tmp_path / "swing.csv"
-    trace_file.write_text(SWING)
-    # Boards a quarter as fast as one core of this machine, so that splitting pays on a fast link.
     with netlab.NetLab({"dev-1": 100}, cpu={"host": 0.25, "dev-1": 0.25}) as lab:
         with lab.limit_host():
-            gmacs = trunk_of(model).macs / local_seconds(model) / 1e9
+            gmacs = trunk_of(family[0].path).macs / local_seconds(family[0].path) / 1e9
         cluster = local_cluster(2, bandwidth_mbps=100, gmacs=gmacs, ips=[lab.host_ip, lab.ip("dev-1")],
                                 ports=free_ports(2))
         bundle = tmp_path / "bundle"
-        compile_bundle(model, cluster, bundle, "halp", bandwidths=(10, 100))
-        manifest = load_manifest(bundle)
-        fast, slow = (min((o for o in plan_options(manifest) if o.bandwidth_mbps is not None
-                           and level in manifest.plan(o.id).data["bandwidths"]), key=lambda o: o.id).id
-                      for level in (100, 10))
-        assert fast != slow and manifest.plan(fast).program("dev-1")
-        trace = load_trace(str(trace_file), ["dev-1"])
-        inputs = [random_inputs(manifest, seed % 4) for seed in range(44)]
-        with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay, lab.limit_host():
-            summary = run(bundle, inputs, in_flight=1, check=True, spawn=lab.popen, timeout_s=60,
-                          policy="adaptive", period_s=0.25, on_start=replay.start)
-        assert [rate for _, _, rate in replay.applied] == [100, 10, 100]
+        model, variants = (family[0].path, []) if len(family) == 1 else (None, family)
+        compile_bundle(model, cluster, bundle, "halp", variants=variants, bandwidths=(10, 100))
+        yield lab, bundle
+
+
+def run_swing(lab, bundle: Path, tmp_path: Path, policy: str, deadline_s: float | None = None):
+    """44 tasks, one every 0.25 s, while the link goes 100, 10, 100 Mbit/s; every output exact.
+    Returns [(seconds from the start, plan, link estimate)] per task."""
+    trace_file = tmp_path / "swing.csv"
+    trace_file.write_text(SWING)
+    trace = load_trace(str(trace_file), ["dev-1"])
+    manifest = load_manifest(bundle)
+    inputs = [random_inputs(manifest, seed % 4) for seed in range(44)]
+    with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay, lab.limit_host():
+        summary = run(bundle, inputs, in_flight=1, check=True, spawn=lab.popen, timeout_s=60,
+                      policy=policy, deadline_s=deadline_s, period_s=0.25, on_start=replay.start)
+    assert [rate for _, _, rate in replay.applied] == [100, 10, 100]
     assert summary.exact and len(summary.checks) == 44
-    at = [(r.start - summary.started, r.plan) for r in summary.results]
-    # Each phase, after a second to notice: the plan for the rate the link has.
-    assert {plan for t, plan in at if 1.0 < t < 3.0} == {fast}, at
-    assert {plan for t, plan in at if 4.5 < t < 7.0} == {slow}, at
-    assert {plan for t, plan in at if 9.0 < t} == {fast}, at
-    estimates = [(r.start - summary.started, e["dev-1"]) for r, (_, e) in zip(summary.results, summary.decisions)]
-    assert all(e < 40 for t, e in estimates if 5.0 < t < 7.0), estimates
-    assert all(e > 40 for t, e in estimates if 10.0 < t), estimates
+    return [(r.start - summary.started, r.plan, e["dev-1"]) for r, (_, e) in zip(summary.results, summary.decisions)]
+
+
+def phases(tasks, name) -> tuple[set, set, set]:
+    """What `name(plan)` was in each phase of the swing, a second or two after each change."""
+    return ({name(p) for t, p, _ in tasks if 1.0 < t < 3.0}, {name(p) for t, p, _ in tasks if 4.5 < t < 7.0},
+            {name(p) for t, p, _ in tasks if 9.0 < t})
+
+
+@pytest.mark.slow
+def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> None:
+    model = save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx")
+    with slow_boards(tmp_path, [Variant(model)]) as (lab, bundle):
+        manifest = load_manifest(bundle)
+        fast, slow = (next(p.id for p in manifest.plans if level in p.data["bandwidths"]) for level in (100, 10))
+        assert fast != slow and manifest.plan(fast).program("dev-1")
+        tasks = run_swing(lab, bundle, tmp_path, "adaptive")
+    assert phases(tasks, str) == ({fast}, {slow}, {fast}), tasks
+    assert all(e < 40 for t, _, e in tasks if 5.0 < t < 7.0), tasks
+    assert all(e > 40 for t, _, e in tasks if 10.0 < t), tasks
+
+
+@pytest.mark.slow
+def test_selection_switches_variant_when_the_link_rate_changes(tmp_path: Path) -> None:
+    """ResNet-18 meets the deadline only split over a fast link; on a slow one the host runs
+    the less accurate MobileNet-V1 0.5 instead, and goes back when the link recovers."""
+    family = [Variant(save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx"), 69.8),
+              Variant(save(models.build("mobilenet_v1_050", 128, 128, seed=1), tmp_path, "mobilenet_v1_050.onnx"),
+                      63.7)]
+    with slow_boards(tmp_path, family) as (lab, bundle):
+        manifest = load_manifest(bundle)
+        predict = bundle_predictor(manifest)
+        resnet = [p.id for p in manifest.plans if p.data["variant"] == "resnet18"]
+        split = min(predict(p, {"dev-1": 100}) for p in resnet)
+        alone = predict("resnet18/local", {"dev-1": 100})
+        assert split < 0.95 * alone
+        tasks = run_swing(lab, bundle, tmp_path, "select", (split + alone) / 2)
+    variant = lambda plan: manifest.plan(plan).data["variant"]  # noqa: E731
+    assert phases(tasks, variant) == ({"resnet18"}, {"mobilenet_v1_050"}, {"resnet18"}), tasks
