@@ -28,6 +28,7 @@ from halpc.emit.subgraph import strip_model, tail_model
 from halpc.errors import HalpcError
 from halpc.plan import Plan
 from halpc.trunk import Trunk
+from halpc_stub.manifest import Manifest
 
 FORMAT = "halpc-bundle/1"
 
@@ -156,7 +157,7 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
     for device in cluster.devices:
         context = {
             "device": device,
-            "bundle_plan": manifest["plan_sha256"][:12],
+            "bundle_plan": Manifest(root, manifest).checksum[:12],  # what the stub says it serves
             "plans": len(entries),
             "version": halpc.__version__,
             "onnxruntime": onnxruntime.__version__,
