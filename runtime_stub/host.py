@@ -48,9 +48,8 @@ class TaskResult:
     plan: str = "default"  # the id of the bundle plan it ran
     # Measured timeline, host clock: {"device", "kind", "start", "end", "label", "peer",
     # "bytes"}; the devices' parts arrive just after the task ends and are merged in as they
-    # come (at the latest when `stream` ends); `merged` says when.
+    # come (at the latest when `stream` ends).
     events: list[dict[str, Any]] = field(default_factory=list)
-    merged: bool = False
 
     @property
     def latency_s(self) -> float:
@@ -184,7 +183,7 @@ class HostSession:
         `choose(task)` names the plan each task runs (default: the bundle's default plan); a
         task runs under one plan from start to end. A result is yielded as soon as the task
         is done, before the next one starts; the devices' timelines are merged into it as
-        they arrive (`merged`)."""
+        they arrive."""
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         if not self.connected:
@@ -271,7 +270,6 @@ class HostSession:
                     if isinstance(raw, list) and len(raw) == 6:
                         events.append(_event(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
             result.events = _join_sends(events)
-            result.merged = True
         return waiting
 
 

@@ -199,7 +199,8 @@ class Node:
         for plan in self.plans.values():
             if plan.id == plan_id:
                 return plan
-        raise BundleError(f"no plan {plan_id!r} in this bundle ({', '.join(p.id for p in self.plans.values())})")
+        self.manifest.plan(plan_id)  # raises the BundleError that names the known plans
+        raise AssertionError(plan_id)
 
     def start(self, key: TaskKey, store: RowStore, plan: PlanRun | None = None) -> Task:
         task = Task(key, plan or self.default)
