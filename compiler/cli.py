@@ -85,11 +85,17 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
               help="MODEL's own top-1 accuracy, when it is one of several variants.")
 @click.option("--deadline-ms", type=click.FloatRange(0, min_open=True),
               help="The per-task deadline `halpc run` and `halpc simulate` use by default.")
+@click.option("--insecure", is_flag=True,
+              help="No CURVE keys: the devices' traffic is unauthenticated and unencrypted.")
+@click.option("--fallback-plans", "spares", is_flag=True,
+              help="Also plan without each helper device: while one is down the host splits over "
+                   "the others (otherwise it runs the unsplit model alone).")
 @_input_shape
 def compile(model: str | None, cluster_file: str, output: str, strategy: str, plan_file: str | None,
             bandwidths: str | None, variants: tuple[str, ...], accuracy: float | None,
-            deadline_ms: float | None, input_shapes: tuple[str, ...]) -> None:
-    """Plan the split of MODEL over the cluster and write one folder per device."""
+            deadline_ms: float | None, insecure: bool, spares: bool, input_shapes: tuple[str, ...]) -> None:
+    """Plan the split of MODEL over the cluster and write one folder per device (each with its
+    own CURVE key pair, unless --insecure)."""
     from halpc.compile import compile_bundle, parse_bandwidths, parse_variant
     from halpc.model import parse_input_shapes
     from halpc.report import bundle_summary
@@ -99,7 +105,11 @@ def compile(model: str | None, cluster_file: str, output: str, strategy: str, pl
         model, cluster_file, output, strategy, plan_file, parse_input_shapes(input_shapes),
         accuracy=accuracy, variants=[parse_variant(v) for v in variants],
         bandwidths=parse_bandwidths(bandwidths) if bandwidths else (), deadline_ms=deadline_ms,
+        insecure=insecure, spares=spares,
     )
+    if insecure:
+        click.echo("halpc: WARNING: --insecure: no keys; anyone who reaches the devices' ports can send "
+                   "them work and read every tensor in transit", err=True)
     click.echo(bundle_summary(result, time.perf_counter() - started))
 
 
@@ -173,7 +183,8 @@ def verify(bundle: str, input_file: str | None, seeds: int) -> None:
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0),
               help="Untimed tasks first (sessions allocate their buffers on their first run).")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for a device's rows before giving up on the run.")
+              help="Seconds to wait for every device to answer at the start (a task waits for rows "
+                   "only about 1.5x its predicted time before the host recomputes it).")
 @click.option("--bind", help="Listen here instead of the host's manifest address, e.g. tcp://*:5701.")
 @click.option("--policy", type=click.Choice(POLICIES),
               help="How the host picks each task's plan: standalone (host alone), fixed (the default "
@@ -193,9 +204,12 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
     from halpc.report import run_table
     from halpc.run import local_popen, run as run_bundle
     from halpc.verify import load_inputs, random_inputs
+    from halpc_stub import keys
     from halpc_stub.manifest import load_manifest
 
     manifest = load_manifest(bundle)
+    if keys.insecure(manifest):
+        click.echo(f"halpc: {keys.INSECURE_WARNING}", err=True)
     if input_file is not None:
         inputs = [load_inputs(manifest, input_file)] * tasks
     else:

@@ -81,8 +81,8 @@ _NETWORK_KEYS = ("bandwidth_mbps", "latency_ms")
 _DEVICE_KEYS = ("address", "gmacs", "host", "name", "profile", "threads")
 _LINK_KEYS = ("bandwidth_mbps", "between", "latency_ms")
 
-_RESERVED_NAMES = frozenset(("manifest.json", "plan.json", "reference"))
-_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+_RESERVED_NAMES = frozenset(("keys", "manifest.json", "plan.json", "reference"))  # keys: in a device folder
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")  # a folder name, and part of file names
 _PORT_RE = re.compile(r"[0-9]{1,5}\Z")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\Z")
 _DOTTED_RE = re.compile(r"[0-9.]+\Z")
@@ -386,7 +386,7 @@ def _build(doc: Any, source: str, base_dir: str | os.PathLike[str] | None) -> Cl
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise fail(
                 f"{where}.name",
-                f"must be a safe folder name, got {_show(name)}; use only letters, digits, '-', '_' and '.', not starting with '.'",
+                f"must be a safe folder name, got {_show(name)}; use at most 64 letters, digits, '-', '_' and '.', not starting with '.'",
             )
         folded = name.casefold()
         if folded in _RESERVED_NAMES:

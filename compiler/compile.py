@@ -77,6 +77,14 @@ def at_bandwidth(cluster: Cluster, mbps: float) -> Cluster:
     )
 
 
+def without(cluster: Cluster, device: str) -> Cluster:
+    """The cluster less one helper device and its links."""
+    return dataclasses.replace(
+        cluster, devices=tuple(d for d in cluster.devices if d.name != device),
+        links=tuple(link for link in cluster.links if device not in (link.a, link.b)),
+    )
+
+
 def compile_bundle(
     model: str | Path | None,
     cluster: str | Path | Cluster,
@@ -89,26 +97,28 @@ def compile_bundle(
     variants: Sequence[Variant] = (),
     bandwidths: Sequence[float] = (),
     deadline_ms: float | None = None,
+    insecure: bool = False,
+    spares: bool = False,
 ) -> Compiled:
     check_destination(Path(out))  # before any slow work: a wrong -o fails at once
     if not isinstance(cluster, Cluster):
         cluster = load_cluster(cluster)
-    if not variants and not bandwidths:
+    if not variants and not bandwidths and not spares:
         if model is None:
             raise UsageError("give a MODEL, or its variants with --variant FILE.onnx:ACCURACY")
         trunk = analyse(load_model(model, input_shapes))
         chosen = _one_plan(trunk, cluster, strategy, plan)
         entry = PlanEntry("default", trunk, chosen, accuracy=accuracy)
-        summary = write_plans([entry], cluster, out, deadline_ms)
+        summary = write_plans([entry], cluster, out, deadline_ms, insecure)
         return Compiled(trunk, chosen, cluster, summary, (entry,))
     if plan is not None:
-        raise UsageError("--plan compiles one plan; leave out --bandwidths and --variant with it")
+        raise UsageError("--plan compiles one plan; leave out --bandwidths, --variant and --fallback-plans with it")
     family = ([Variant(Path(model), accuracy)] if model is not None else []) + list(variants)
     if model is None:  # the most accurate variant is the default
         family.sort(key=lambda v: -(v.accuracy if v.accuracy is not None else -1.0))
     trunks = _load_family(family, input_shapes)
-    entries = _plan_family(family, trunks, cluster, strategy, tuple(bandwidths))
-    summary = write_plans(entries, cluster, out, deadline_ms)
+    entries = _plan_family(family, trunks, cluster, strategy, tuple(bandwidths), spares)
+    summary = write_plans(entries, cluster, out, deadline_ms, insecure)
     return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
 
 
@@ -138,9 +148,11 @@ def _load_family(family: list[Variant], input_shapes: dict[str, Shape] | None) -
 
 
 def _plan_family(family: list[Variant], trunks: list[Trunk], cluster: Cluster, strategy: str,
-                 bandwidths: tuple[float, ...]) -> list[PlanEntry]:
+                 bandwidths: tuple[float, ...], spares: bool = False) -> list[PlanEntry]:
     """Per variant: the host alone, and a plan per link rate (the cluster's own rate first, so
-    the default plan is the first variant's at the rate the cluster file gives)."""
+    the default plan is the first variant's at the rate the cluster file gives); with `spares`,
+    also a plan without each helper device (with two or more), which the host runs while that
+    device is down."""
     several = len(family) > 1
     levels = list(dict.fromkeys((cluster.network_bandwidth_mbps, *bandwidths)))
     entries: list[PlanEntry] = []
@@ -164,5 +176,10 @@ def _plan_family(family: list[Variant], trunks: list[Trunk], cluster: Cluster, s
         else:
             found[(local.blocks, local.exchange)] = PlanEntry(f"{prefix}local", trunk, local, variant.name,
                                                               variant.accuracy, ())
+        for spare in cluster.secondaries if spares and len(cluster.secondaries) > 1 else ():
+            ctx = context(trunk, without(cluster, spare.name))
+            plan = best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
+            found.setdefault((plan.blocks, plan.exchange), PlanEntry(
+                f"{prefix}{plan.strategy}-without-{spare.name}", trunk, plan, variant.name, variant.accuracy, ()))
         entries.extend(found.values())
     return entries

@@ -91,6 +91,8 @@ class Controller:
         last PROBE_INTERVAL_S."""
         now = time.time()
         for device in self.devices:
+            if device in self.host.down:  # pinged by the host until it answers
+                continue
             if now - self.probing.get(device, 0.0) > PROBE_TIMEOUT_S and \
                     now - self.probed.get(device, 0.0) >= PROBE_INTERVAL_S:
                 self.host.probe(device)

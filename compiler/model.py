@@ -191,6 +191,12 @@ def _fold_and_infer(path: Path, proto: onnx.ModelProto) -> onnx.ModelProto:
         raise HalpcError(
             f"{path}: ONNX shape inference failed ({first}); check the model with onnx.checker"
         ) from None
+    except Exception as exc:  # onnx-graphsurgeon on a damaged graph: unknown dtypes, non-UTF-8 names...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise HalpcError(
+            f"{path}: not a valid ONNX model (constant folding failed: {type(exc).__name__} {first}); "
+            "is the file damaged? check it with onnx.checker"
+        ) from None
     for value_info in list(proto.graph.value_info) + list(proto.graph.output):
         if value_info.type.HasField("tensor_type") and any(
             isinstance(d, str) for d in _dims(value_info)

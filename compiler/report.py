@@ -190,6 +190,10 @@ def run_table(manifest, summary, in_flight: int) -> str:
              ", ".join(f"{d} {v:.3g}" for d, v in estimate.items()))
             for row, r, (choice, estimate) in zip(rows, summary.results, summary.decisions)
         ]
+    if any(r.fallback for r in summary.results):  # a device was down or failed
+        header += ("ran",)
+        rows = [(*row, ("unsplit on the host: " if r.unsplit else f"{r.plan}: ") + r.fallback if r.fallback
+                 else "as planned") for row, r in zip(rows, summary.results)]
     lat = [x * 1e3 for x in summary.latencies_s]
     plans = len(manifest.plans)
     lines = [
@@ -203,6 +207,11 @@ def run_table(manifest, summary, in_flight: int) -> str:
            else f"cost model {summary.predicted.latency_s * 1e3:.1f} ms"),
         f"throughput  {summary.throughput:.2f} tasks/s",
     ]
+    if summary.faults:
+        first = summary.results[0].task
+        lines.append(f"faults      {len(summary.faults)}: " + "; ".join(
+            f"task {f.task - first} waited {f.waited_s * 1e3:.0f} ms for {f.device} (bound {f.bound_s * 1e3:.0f} ms)"
+            for f in summary.faults) + f"; {sum(r.unsplit for r in summary.results)} task(s) recomputed on the host")
     if summary.deadline_s is not None:
         met = round(summary.reliability * n)
         lines.append(f"deadline    {summary.deadline_s * 1e3:g} ms: {met}/{n} tasks met it "

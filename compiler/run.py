@@ -27,7 +27,7 @@ from halpc.errors import HalpcError
 from halpc.planner import predict_bundle
 from halpc.planner.cost import Event, Prediction
 from halpc.verify import OutputCheck, compare_output
-from halpc_stub.host import HostSession, TaskResult
+from halpc_stub.host import Fault, HostSession, TaskResult
 from halpc_stub.manifest import Manifest
 from halpc_stub.session import make_session
 
@@ -41,9 +41,18 @@ def local_popen(device: str, argv: list[str], **kwargs: Any) -> subprocess.Popen
 class Stubs:
     """Stub processes started by `spawn_stubs`; their stderr goes to files, never a full pipe."""
 
-    def __init__(self) -> None:
+    def __init__(self, manifest: Manifest, popen: Popen, stdout: Any = None) -> None:
+        self.manifest, self.popen, self.stdout = manifest, popen, stdout
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Any] = {}
+
+    def start(self, device: str) -> None:
+        """Start (or, once it has exited, restart) the device's stub with its launch.sh."""
+        if device not in self.logs:
+            self.logs[device] = tempfile.TemporaryFile()
+        env = {**os.environ, "HALPC_PYTHON": sys.executable}
+        argv = [str(self.manifest.path(device, "launch.sh"))]
+        self.procs[device] = self.popen(device, argv, stdout=self.stdout, stderr=self.logs[device], env=env)
 
     def log(self, device: str) -> str:
         self.logs[device].seek(0)
@@ -62,13 +71,10 @@ class Stubs:
 def spawn_stubs(bundle: str | Path, manifest: Manifest, popen: Popen = local_popen,
                 stdout: Any = None) -> Iterator[Stubs]:
     """Start every device's stub with its own launch.sh, as on a board; stop them all on exit."""
-    stubs = Stubs()
-    env = {**os.environ, "HALPC_PYTHON": sys.executable}
+    stubs = Stubs(manifest, popen, stdout)
     try:
         for device in manifest.workers:
-            argv = [str(manifest.path(device, "launch.sh"))]
-            stubs.logs[device] = log = tempfile.TemporaryFile()
-            stubs.procs[device] = popen(device, argv, stdout=stdout, stderr=log, env=env)
+            stubs.start(device)
         yield stubs
     finally:
         for proc in stubs.procs.values():
@@ -95,6 +101,7 @@ class RunSummary:
     # With a policy: per task, what it chose and the link estimate it chose at (task order).
     decisions: list[tuple[Choice, dict[str, float]]] = field(default_factory=list)
     deadline_s: float | None = None
+    faults: list[Fault] = field(default_factory=list)  # tasks the host gave up on a device
 
     @property
     def reliability(self) -> float | None:
@@ -166,11 +173,15 @@ class RunSummary:
             "reliability": self.reliability,
             "tasks": [
                 {"task": i, "plan": r.plan, "latency_ms": round(r.latency_s * 1e3, 3),
+                 **({"fallback": r.fallback, "unsplit": r.unsplit} if r.fallback else {}),
                  **({"variant": d[0].variant, "accuracy": d[0].accuracy,
                      "predicted_ms": round(d[0].predicted_s * 1e3, 3), "reason": d[0].reason,
                      "estimate_mbps": {k: round(v, 2) for k, v in d[1].items()}} if d else {})}
                 for i, (r, d) in enumerate(zip(self.results, self.decisions or [None] * len(self.results)))
             ],
+            "faults": [{"task": f.task - self.results[0].task, "device": f.device,
+                        "noticed_ms": round(f.waited_s * 1e3, 3), "bound_ms": round(f.bound_s * 1e3, 3)}
+                       for f in self.faults],
             "timeline": [
                 {"task": i, "device": e["device"], "kind": e["kind"],
                  "start_ms": round((e["start"] - origin) * 1e3, 3),
@@ -223,7 +234,7 @@ def run(
             results.append(result)
         ended = max(r.end for r in results)
     summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended, local_s=local,
-                         deadline_s=deadline_s)
+                         deadline_s=deadline_s, faults=[f for f in host.faults if f.task >= first])
     if controller:
         summary.decisions = [controller.decisions[first + i] for i in range(len(results))]
     if check:

@@ -387,6 +387,8 @@ def _window(node, fmaps, first: TensorInfo, out_infos, inits):
         in_rows=first.shape[2],
         out_rows=out_shape[2],
     )
+    if window.pad_top >= window.kernel or window.pad_bottom >= window.kernel:
+        return None  # some windows lie wholly in the padding: the row arithmetic assumes none do
     return window, tuple(pads)
 
 

@@ -160,8 +160,17 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
         path = plan.reference_model()
         reference = references.get(path) or references.setdefault(path, make_session(str(path), plan.host.threads))
         for case, inputs in cases:
-            expected = dict(zip(plan.outputs, reference.run(plan.outputs, inputs)))
-            got = run_bundle(plan, inputs, sessions)
+            try:
+                expected = dict(zip(plan.outputs, reference.run(plan.outputs, inputs)))
+                got = run_bundle(plan, inputs, sessions)
+                missing = [name for name in plan.outputs if name not in got]
+                if missing:
+                    raise AssertionError(f"no device outputs {', '.join(missing)}")
+            except Exception as exc:  # ORT's errors, MissingRows, a deadlock: the manifest does not fit its files
+                raise HalpcError(
+                    f"{bundle}: plan {plan.id!r} does not run ({type(exc).__name__}: {exc}); the manifest does not "
+                    "match the bundle's files (edited or damaged?); recompile the bundle"
+                ) from None
             label = f"{plan.id} {case}" if len(plans) > 1 else case
             for name in plan.outputs:
                 checks.append(compare_output(label, name, expected[name], got[name]))

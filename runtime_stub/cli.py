@@ -1,8 +1,8 @@
 """`halpc-stub BUNDLE --device NAME`: the program on each board.
 
-It checks the manifest and the sha256 of this device's files, opens one ONNX Runtime session
-per subgraph, then listens on the device's address and runs its part of every task the host
-sends. `--check` stops after the checks. SIGTERM or Ctrl-C stops it cleanly.
+It checks the manifest, the sha256 of this device's files and its secret key, opens one ONNX
+Runtime session per subgraph, then listens on the device's address and runs its part of every
+task the host sends. `--check` stops after the checks. SIGTERM or Ctrl-C stops it cleanly.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 
+from halpc_stub import keys
 from halpc_stub.errors import BundleError
 from halpc_stub.manifest import load_manifest
 from halpc_stub.serve import StubNode
@@ -23,12 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", required=True, help="this device's name in the manifest")
     parser.add_argument("--check", action="store_true", help="check the files and exit")
     parser.add_argument("--bind", help="listen here instead of the manifest address, e.g. tcp://*:5702")
+    parser.add_argument("--key", help="the secret key file (default: keys/DEVICE.key_secret in the device's folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="halpc-stub %(message)s", level=logging.WARNING)
     try:
         manifest = load_manifest(args.bundle)
         device = manifest.device(args.device)
         manifest.check_files(device.name)
+        if keys.load(manifest, device.name, args.key) is None:
+            print(f"halpc-stub: {device.name}: {keys.INSECURE_WARNING}", file=sys.stderr, flush=True)
         sessions = load_sessions(manifest, device.name)
         plans = manifest.plans
         steps = len(manifest.program(device.name))
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{more}", flush=True)
         if args.check:
             return 0
-        node = StubNode(manifest, device.name, sessions.__getitem__, args.bind)
+        node = StubNode(manifest, device.name, sessions.__getitem__, args.bind, args.key)
     except BundleError as exc:
         print(f"halpc-stub: error: {exc}", file=sys.stderr)
         return exc.exit_code

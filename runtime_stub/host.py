@@ -6,6 +6,17 @@ one task's transfers overlap another's compute. Before the first task the host p
 device: a device that does not answer, or runs another plan or ONNX Runtime build, is an error
 that names it.
 
+Faults: a task waits for a device's rows at most FAULT_FACTOR times its expected time (the
+plan's predicted latency, or the recent measured one when slower) plus FAULT_MARGIN_S, counted
+from when it last progressed or came to the front of the stream. Past that the host gives the
+task up (a `cancel` to its devices; rows that come later are dropped by task id), marks the
+device down, and recomputes the task with the unsplit model, from the inputs it holds: the
+output is the unsplit model's, bit for bit. The device waited for may itself be waiting for
+another's rows, so every device of the task is marked down and pinged; those alive answer at
+once. Every task in flight that uses a device marked down is recomputed likewise, and the next ones run the same variant's fastest plan without down
+devices, or the unsplit model. A device marked down is pinged every REPING_S and is back in use
+once it answers with the bundle's plan.
+
     with HostSession("bundle/") as host:
         outputs = host.run({"input": x})
         for result in host.stream(frames, in_flight=2):
@@ -13,6 +24,7 @@ that names it.
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections import deque
@@ -24,15 +36,21 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from halpc_stub import wire
+from halpc_stub import keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
-from halpc_stub.node import Node, Task
-from halpc_stub.session import load_sessions
+from halpc_stub.node import Node, PlanRun, Task
+from halpc_stub.session import load_sessions, make_session
+
+log = logging.getLogger("halpc_stub")
 
 
 MIN_PROBE_GAP_S = 0.0005  # 64 kB in less would be a link faster than 1 Gbit/s
+FAULT_FACTOR = 1.5  # see the module: with the margin, a fault is noticed in under 2x the
+FAULT_MARGIN_S = 0.05  # predicted time + 100 ms (the host looks every 10 ms)
+REPING_S = 0.5
+RECENT = 16  # measured task times per plan kept for the expected time
 
 
 class RunError(BundleError):
@@ -45,15 +63,29 @@ class TaskResult:
     outputs: dict[str, np.ndarray]
     start: float  # host clock, seconds
     end: float
-    plan: str = "default"  # the id of the bundle plan it ran
+    plan: str = "default"  # the id of the bundle plan it ran (or, when `unsplit`, was chosen)
     # Measured timeline, host clock: {"device", "kind", "start", "end", "label", "peer",
     # "bytes"}; the devices' parts arrive just after the task ends and are merged in as they
     # come (at the latest when `stream` ends).
     events: list[dict[str, Any]] = field(default_factory=list)
+    fallback: str | None = None  # why it did not run the plan chosen for it (a device down)
+    unsplit: bool = False  # computed by the host alone with the unsplit model
 
     @property
     def latency_s(self) -> float:
         return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A task the host gave up because `device` sent nothing for `waited_s` (> `bound_s`)."""
+
+    task: int
+    device: str
+    at: float  # host clock
+    waited_s: float
+    bound_s: float
+    expected_s: float
 
 
 class _HostNode(Node):
@@ -63,6 +95,7 @@ class _HostNode(Node):
         self.pongs: dict[str, dict[str, Any]] = {}
         self.traces: dict[tuple[int, str], list[list[Any]]] = {}
         self.probed: list[tuple[str, int, float]] = []  # (device, bytes, seconds between parts)
+        self.given_up: set[int] = set()  # tasks whose devices' traces are dropped
 
     def _ours(self, header: dict[str, Any]) -> None:
         if header["from"] not in self.addresses or header.get("session") != self.session_id:
@@ -77,7 +110,10 @@ class _HostNode(Node):
         events = header.get("events")
         if not isinstance(events, list):
             raise wire.Rejected("trace without events")
-        self.traces[(header["task"], header["from"])] = events
+        _, task = wire.task_of(header)
+        if task in self.given_up:
+            return
+        self.traces[(task, header["from"])] = events
 
     def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
         self._ours(header)
@@ -103,6 +139,11 @@ class HostSession:
         self.connected = False
         self.next_task = 0
         self.next_probe = 0
+        self.down: dict[str, float] = {}  # device -> when it was marked down
+        self.faults: list[Fault] = []
+        self._pinged: dict[str, float] = {}
+        self._times: dict[str, deque[float]] = {}  # plan id -> recent task times, front to done
+        self._unsplit: dict[Path, Any] = {}  # reference model -> its session, opened at a first fault
 
     def __enter__(self) -> HostSession:
         return self
@@ -132,11 +173,17 @@ class HostSession:
             for device in missing:
                 if now - pinged.get(device, 0.0) > 1.0:
                     pinged[device] = now
-                    node.send(device, wire.encode({"kind": "ping", "from": node.name,
-                                                   "session": node.session_id, "t": now}))
+                    self._ping(device, now)
             if watch:
                 watch()
             node.receive(timeout_ms=50)
+            for device in missing:
+                if why := keys.handshake_failure(node.monitors.get(device)):
+                    raise RunError(
+                        f"{device} at {node.addresses[device]} {why}: its key is not this bundle's (a stub "
+                        f"of another compile, or of an --insecure one); copy the bundle's {device}/ folder "
+                        "to it again and restart its stub"
+                    )
         for device, pong in node.pongs.items():
             if pong.get("plan") != node.plan:
                 raise RunError(
@@ -158,8 +205,7 @@ class HostSession:
         best: tuple[float, float] | None = None
         for _ in range(rounds):
             sent = time.time()
-            node.send(device, wire.encode({"kind": "ping", "from": node.name,
-                                           "session": node.session_id, "t": sent}))
+            self._ping(device, sent)
             deadline = sent + 1.0
             while time.time() < deadline:
                 node.receive(timeout_ms=20)
@@ -170,6 +216,10 @@ class HostSession:
                         best = (rtt, pong["t"] - (sent + pong["received"]) / 2)
                     break
         return best[1] if best else 0.0
+
+    def _ping(self, device: str, now: float) -> None:
+        self.node.send(device, wire.encode({"kind": "ping", "from": self.node.name,
+                                            "session": self.node.session_id, "t": now}))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs of one task, bit-exact to the unsplit model's."""
@@ -190,32 +240,145 @@ class HostSession:
             self.connect()
         node = self.node
         pending = iter(inputs)
-        active: deque[Task] = deque()
+        active: deque[Task | TaskResult] = deque()  # a result: computed on the host alone
+        held: dict[int, dict[str, np.ndarray]] = {}  # the inputs of the tasks in flight
         unmerged: list[TaskResult] = []
         exhausted = False
+        front_since = time.time()  # when active[0] came to the front
         while True:
             while not exhausted and len(active) < in_flight:
                 arrays = next(pending, None)
                 if arrays is None:
                     exhausted = True
                     break
-                plan = node.plan_by_id(choose(self.next_task)) if choose else node.default
-                store = host_store(plan.specs, plan.manifest.data["spatial_input"], arrays)
-                active.append(node.start((node.session_id, self.next_task), store, plan))
+                chosen = node.plan_by_id(choose(self.next_task)) if choose else node.default
+                held[self.next_task] = arrays
+                active.append(self._start(self.next_task, chosen, arrays))
                 self.next_task += 1
             if not active:
                 break
             node.advance()
-            while active and active[0].finished is not None:
-                task = active.popleft()
-                result = TaskResult(task.key[1], task.results, task.started, task.finished, task.plan.id,
-                                    self._host_events(task))
+            while active and (isinstance(active[0], TaskResult) or active[0].finished is not None):
+                done = active.popleft()
+                result = done if isinstance(done, TaskResult) else self._result(done, front_since)
+                del held[result.task]
                 unmerged.append(result)
                 yield result
+                front_since = time.time()
             unmerged = self._merge_traces(unmerged)
-            if active and not node.receive(timeout_ms=20):
-                self._check_progress(active)
+            node.receive(timeout_ms=10 if active else 0)
+            self._watch(active, held, front_since)
         self._merge_traces(unmerged, timeout_s=2.0)
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def devices_of(self, plan: PlanRun) -> set[str]:
+        return {d for d in self.workers if plan.manifest.program(d)}
+
+    def expected_s(self, plan: PlanRun) -> float:
+        """What a task of `plan` takes: its predicted latency, or the recent measured median
+        when that is longer (a slower machine than profiled); `timeout_s` when neither is known."""
+        predicted = plan.manifest.data.get("predicted_ms")
+        recent = sorted(self._times.get(plan.id, ()))
+        if predicted is None and not recent:
+            return self.timeout_s
+        return max((predicted or 0.0) / 1000, recent[len(recent) // 2] if recent else 0.0)
+
+    def bound_s(self, plan: PlanRun) -> float:
+        """How long a task of `plan` may wait for a device before the host gives up on it."""
+        return FAULT_FACTOR * self.expected_s(plan) + FAULT_MARGIN_S
+
+    def _start(self, number: int, chosen: PlanRun, arrays: dict[str, np.ndarray]) -> Task | TaskResult:
+        """Start a task under `chosen`; if a device of it is down, under the same variant's
+        fastest plan without down devices, or on the host alone."""
+        down = sorted(self.down.keys() & self.devices_of(chosen))
+        plan = chosen
+        if down:
+            variant = chosen.manifest.data.get("variant")
+            plan = min((p for p in self.node.plans.values() if p.manifest.data.get("variant") == variant
+                        and not self.down.keys() & self.devices_of(p)), key=self.expected_s, default=None)
+            if plan is None:
+                return self._on_host(number, chosen, arrays, f"{', '.join(down)} down")
+        store = host_store(plan.specs, plan.manifest.data["spatial_input"], arrays)
+        task = self.node.start((self.node.session_id, number), store, plan)
+        task.note = f"{', '.join(down)} down" if down else None
+        return task
+
+    def _result(self, task: Task, front_since: float) -> TaskResult:
+        assert task.finished is not None
+        self._times.setdefault(task.plan.id, deque(maxlen=RECENT)).append(
+            task.finished - max(task.started, front_since))
+        return TaskResult(task.key[1], task.results, task.started, task.finished, task.plan.id,
+                          self._host_events(task), fallback=task.note)
+
+    def _watch(self, active: deque[Task | TaskResult], held: dict[int, dict[str, np.ndarray]],
+               front_since: float) -> None:
+        """Give the front task up when its device is past the bound; take devices back."""
+        now = time.time()
+        self._readmit(now)
+        front = active[0] if active else None
+        if not isinstance(front, Task) or front.waiting is None:
+            return
+        step = front.waiting
+        if (step["from"], step["tensor"], tuple(step["rows"])) in front.inbox:
+            return  # it came; the next advance() takes it
+        waited, bound = now - max(front.progressed, front_since), self.bound_s(front.plan)
+        if waited <= bound:
+            return
+        device = step["from"]
+        self.faults.append(Fault(front.key[1], device, now, waited, bound, self.expected_s(front.plan)))
+        reason = (f"no {step['tensor']} rows {step['rows'][0]}..{step['rows'][1]} from {device} "
+                  f"for {waited * 1000:.0f} ms (bound {bound * 1000:.0f} ms)")
+        # The device waited for may itself wait for another one's rows: every device of the
+        # task goes down, and those alive are back as soon as they answer a ping.
+        suspects = self.devices_of(front.plan)
+        for suspect in suspects:
+            self.down[suspect] = now
+            self._pinged.pop(suspect, None)
+        log.warning("task %d: %s; %s down until they answer, their tasks recomputed on the host",
+                    front.key[1], reason, ", ".join(sorted(suspects)))
+        for i, task in enumerate(active):
+            if isinstance(task, Task) and suspects & self.devices_of(task.plan):
+                active[i] = self._give_up(task, held[task.key[1]], reason)
+        self._readmit(now)
+
+    def _give_up(self, task: Task, arrays: dict[str, np.ndarray], reason: str) -> TaskResult:
+        node = self.node
+        node.forget(task.key)
+        node.given_up.add(task.key[1])
+        for device in self.devices_of(task.plan):  # a down device gets it when it is back
+            node.send(device, wire.encode({"kind": "cancel", "from": node.name, "session": node.session_id,
+                                           "task": task.key[1]}))
+        return self._on_host(task.key[1], task.plan, arrays, reason, task.started)
+
+    def _on_host(self, number: int, plan: PlanRun, arrays: dict[str, np.ndarray], reason: str,
+                 started: float | None = None) -> TaskResult:
+        """The task's outputs from the unsplit model of its plan's variant, on the host."""
+        path = plan.manifest.reference_model()
+        session = self._unsplit.get(path)
+        if session is None:
+            if not path.exists():
+                raise RunError(f"task {number}: {reason}, and {path}, the unsplit model the host recomputes "
+                               "tasks with, is missing; copy the bundle's reference/ folder to the host")
+            session = self._unsplit[path] = make_session(str(path), self.manifest.host.threads)
+        at = time.time()
+        names = plan.manifest.outputs
+        outputs = dict(zip(names, session.run(names, arrays)))
+        end = time.time()
+        events = [_event(self.node.name, ["compute", at, end, "unsplit model", None, 0])]
+        return TaskResult(number, outputs, at if started is None else started, end, plan.id, events,
+                          fallback=reason, unsplit=True)
+
+    def _readmit(self, now: float) -> None:
+        """Ping the devices marked down; take back those that answered since."""
+        for device, since in list(self.down.items()):
+            pong = self.node.pongs.get(device)
+            if pong is not None and pong["received"] > since and pong.get("plan") == self.node.plan:
+                del self.down[device]
+                log.warning("%s answers again after %.1f s: back in use", device, now - since)
+            elif now - self._pinged.get(device, 0.0) >= REPING_S:
+                self._pinged[device] = now
+                self._ping(device, now)
 
     def probe(self, device: str, nbytes: int = 64 * 1024, lead: int = 48 * 1024) -> None:
         """Measure `device`'s link: a `lead` message, then `nbytes` right behind it. The answer
@@ -236,17 +399,6 @@ class HostSession:
         self.node.probed.clear()
         return found
 
-    def _check_progress(self, active: deque[Task]) -> None:
-        now = time.time()
-        for task in active:
-            if task.waiting is not None and now - task.progressed > self.timeout_s:
-                step = task.waiting
-                raise RunError(
-                    f"task {task.key[1]}: no {step['tensor']} rows {step['rows'][0]}..{step['rows'][1]} "
-                    f"from {step['from']} for {self.timeout_s:g} s; is its stub running and reachable "
-                    f"at {self.node.addresses[step['from']]}?"
-                )
-
     def _host_events(self, task: Task) -> list[dict[str, Any]]:
         return [_event(self.node.name, e) for e in task.events]
 
@@ -257,7 +409,7 @@ class HostSession:
         deadline = time.time() + timeout_s
         waiting = []
         for result in results:
-            devices = [d for d in self.workers if node.plan_by_id(result.plan).manifest.program(d)]
+            devices = [] if result.unsplit else sorted(self.devices_of(node.plan_by_id(result.plan)))
             while not all((result.task, d) in node.traces for d in devices) and time.time() < deadline:
                 node.receive(timeout_ms=20)
             if not all((result.task, d) in node.traces for d in devices) and timeout_s == 0:
@@ -267,7 +419,9 @@ class HostSession:
             for device in devices:
                 offset = self.offsets.get(device, 0.0)
                 for raw in node.traces.pop((result.task, device), []):
-                    if isinstance(raw, list) and len(raw) == 6:
+                    if (isinstance(raw, list) and len(raw) == 6 and isinstance(raw[0], str)
+                            and isinstance(raw[3], str) and (raw[4] is None or isinstance(raw[4], str))
+                            and all(isinstance(v, (int, float)) for v in (raw[1], raw[2], raw[5]))):
                         events.append(_event(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
             result.events = _join_sends(events)
         return waiting

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from halpc_stub.errors import BundleError
 from halpc_stub.store import TensorSpec
 
@@ -181,3 +183,57 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         raise bad("alternatives", "must list plans with id, plan_sha256, programs, tensors, model, inputs and outputs")
     if not isinstance(data["onnxruntime"], str):
         raise bad("onnxruntime", "must be the ONNX Runtime version string")
+    if not all(type(d["threads"]) is int and 1 <= d["threads"] <= 4096 for d in devices):
+        raise bad("devices", "threads must be a whole number from 1 to 4096")
+    # Every plan's tensors, inputs, outputs and programs, as the executor and `verify` read them.
+    names = {d["name"] for d in devices}
+
+    def is_dims(v: Any) -> bool:
+        return isinstance(v, list) and all(type(n) is int and n > 0 for n in v)
+
+    def is_dtype(v: Any) -> bool:
+        try:
+            return isinstance(v, str) and np.dtype(v).kind in "biuf"
+        except (TypeError, ValueError):
+            return False
+
+    def is_rows(v: Any) -> bool:
+        return isinstance(v, list) and len(v) == 2 and all(type(r) is int for r in v) and 0 <= v[0] <= v[1]
+
+    def is_step(step: Any, device: str, tensors: dict[str, Any]) -> bool:
+        op = step.get("op") if isinstance(step, dict) else None
+        if op in ("send", "recv"):
+            peer = step.get("to" if op == "send" else "from")
+            return (isinstance(step.get("tensor"), str) and step["tensor"] in tensors and is_rows(step.get("rows"))
+                    and isinstance(peer, str) and peer in names)
+        if op in ("run", "tail"):
+            kind = dict if op == "run" else list
+            return (isinstance(step.get("model"), str) and f"{device}/{step['model']}" in data["artifacts"]
+                    and isinstance(step.get("inputs"), kind) and isinstance(step.get("outputs"), kind)
+                    and all(isinstance(t, str) for t in [*step["inputs"], *step["outputs"]])
+                    and (op == "tail" or all(is_rows(r) for r in [*step["inputs"].values(), *step["outputs"].values()])))
+        return op == "output" and isinstance(step.get("tensors"), list) and all(isinstance(t, str) for t in step["tensors"])
+
+    for at, plan in [("", data), *((f"alternatives[{i}].", a) for i, a in enumerate(alternatives))]:
+        tensors = plan["tensors"]
+        if not all(isinstance(t, dict) and is_dims(t.get("shape")) and is_dtype(t.get("dtype"))
+                   and type(t.get("row_axis")) is int and 0 <= t["row_axis"] < len(t["shape"])
+                   for t in tensors.values()):
+            raise bad(f"{at}tensors", "must give each tensor's shape, dtype and row_axis")
+        if not isinstance(plan.get("spatial_input"), str) or plan["spatial_input"] not in tensors:
+            raise bad(f"{at}spatial_input", "must name one of the tensors")
+        if not isinstance(plan["model"].get("file"), str) or plan["model"]["file"] not in data["artifacts"]:
+            raise bad(f"{at}model.file", "must be the reference model's path in the bundle (one of its artifacts)")
+        if not isinstance(plan["inputs"], list) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) and is_dims(i.get("shape")) and is_dtype(i.get("dtype"))
+            for i in plan["inputs"]
+        ) or not isinstance(plan["outputs"], list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in plan["outputs"]
+        ):
+            raise bad(f"{at}inputs/outputs", "must list objects with name (and for inputs shape and dtype)")
+        for device, program in plan["programs"].items():
+            if device not in names:
+                raise bad(f"{at}programs.{device}", "is not a device of the bundle")
+            for s, step in enumerate(program):
+                if not is_step(step, device, tensors):
+                    raise bad(f"{at}programs.{device}[{s}]", "is not a well-formed step (send, recv, run, tail or output)")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from halpc_stub import wire
+from halpc_stub import keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.executor import run_program
 from halpc_stub.manifest import Manifest
@@ -83,6 +83,7 @@ class Task:
     waiting: dict[str, Any] | None = None  # the recv step it is blocked in
     runner: Iterator[None] | None = None
     finished: float | None = None
+    note: str | None = None  # the host's: why it runs another plan than the one chosen
 
     def trace(self, kind: str, start: float, end: float, label: str, peer: str | None, nbytes: int = 0) -> None:
         self.events.append([kind, start, end, label, peer, nbytes])
@@ -115,6 +116,7 @@ class Node:
         device: str,
         session: Callable[[str], Any],
         bind: str | None = None,
+        key: str | None = None,  # the secret key file, if not the one in the device's folder
     ) -> None:
         entry = manifest.device(device)
         self.name = entry.name
@@ -129,16 +131,20 @@ class Node:
         self.default = next(iter(self.plans.values()))
         self.session = session
         self.addresses = {d.name: d.address for d in manifest.devices}
+        self.keys = keys.load(manifest, device, key)  # None: an --insecure bundle, plaintext
         self.context = zmq.Context()
         self.inbox = self.context.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
+        self.auth = self.keys.serve(self.context, self.inbox) if self.keys else None
         self.endpoint = bind or bind_endpoint(entry.address)
         if self.endpoint.startswith("tcp://[") or _is_ipv6(entry.address):
             self.inbox.setsockopt(zmq.IPV6, 1)
         try:
             self.inbox.bind(self.endpoint)
         except zmq.ZMQError as exc:
+            if self.auth:
+                self.auth.stop()
             self.context.destroy(linger=0)
             raise BundleError(
                 f"{device}: cannot listen on {self.endpoint} ({exc}); stop what uses the port, "
@@ -147,6 +153,7 @@ class Node:
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
         self.peers: dict[str, zmq.Socket] = {}
+        self.monitors: dict[str, zmq.Socket] = {}  # each PUSH socket's failed handshakes
         self.tasks: OrderedDict[TaskKey, Task] = OrderedDict()
         self.finished: OrderedDict[TaskKey, None] = OrderedDict()
         self.rejected = 0
@@ -162,6 +169,9 @@ class Node:
             sock.setsockopt(zmq.LINGER, 2000)
             if _is_ipv6(self.addresses[to]):
                 sock.setsockopt(zmq.IPV6, 1)
+            if self.keys:
+                self.keys.client(sock, to)
+            self.monitors[to] = keys.watch(sock)
             sock.connect(connect_endpoint(self.addresses[to]))
             self.peers[to] = sock
         if array is None:
@@ -182,15 +192,20 @@ class Node:
             count += 1
             self.received += 1
             try:
-                self.dispatch(wire.decode(frames), frames)
+                header = wire.decode(frames)
+                if self.keys:
+                    keys.check_sender(header, frames[0])
+                self.dispatch(header, frames)
             except wire.Rejected as exc:
                 self.rejected += 1
                 log.warning("%s: rejected a message: %s", self.name, exc)
 
     def close(self) -> None:
-        for sock in self.peers.values():
+        for sock in [*self.peers.values(), *self.monitors.values()]:
             sock.close()
         self.inbox.close()
+        if self.auth:  # after the inbox: without it, CURVE would admit any key
+            self.auth.stop()
         self.context.term()
 
     # --- tasks ---------------------------------------------------------------------------------
@@ -218,12 +233,16 @@ class Node:
                 next(task.runner)  # type: ignore[arg-type]
             except StopIteration:
                 task.finished = time.time()
-                del self.tasks[key]
-                self.finished[key] = None
-                if len(self.finished) > REMEMBER_FINISHED:
-                    self.finished.popitem(last=False)
+                self.forget(key)
                 done.append(task)
         return done
+
+    def forget(self, key: TaskKey) -> None:
+        """End a task (done or given up); rows that still come for it are late and dropped."""
+        self.tasks.pop(key, None)
+        self.finished[key] = None
+        if len(self.finished) > REMEMBER_FINISHED:
+            self.finished.popitem(last=False)
 
     def dispatch(self, header: dict[str, Any], frames: list[Any]) -> None:
         handler = getattr(self, f"on_{header['kind']}")
@@ -231,7 +250,7 @@ class Node:
 
     def on_rows(self, header: dict[str, Any], frames: list[Any]) -> None:
         key = wire.task_of(header)
-        plan = self.plans.get(header.get("plan"))  # type: ignore[arg-type]
+        plan = self.plans.get(header["plan"]) if isinstance(header.get("plan"), str) else None
         if plan is None:
             raise wire.Rejected(f"plan {str(header.get('plan'))[:12]!r} is not one of this bundle's plans")
         rows_key, array = plan.inbound.rows(header, frames)
@@ -266,3 +285,6 @@ class Node:
 
     def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
         raise wire.Rejected("unexpected probe answer")
+
+    def on_cancel(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("cancel sent to a device that runs no host's tasks")

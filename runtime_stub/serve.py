@@ -4,7 +4,7 @@ A task is identified by the host's session id and the task number. Rows for a ta
 has not seen start it; rows for one it finished are late and dropped. After each task the
 device sends the host the timeline it measured (`trace`), which `halpc run` shows beside the
 prediction. A host that restarts (a new session id) makes the device drop the old session's
-unfinished tasks.
+unfinished tasks; a host that gives a task up (`cancel`) makes it drop that task.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ log = logging.getLogger("halpc_stub")
 
 class StubNode(Node):
     def __init__(self, manifest: Manifest, device: str, session: Callable[[str], Any],
-                 bind: str | None = None) -> None:
-        super().__init__(manifest, device, session, bind)
+                 bind: str | None = None, key: str | None = None) -> None:
+        super().__init__(manifest, device, session, bind, key)
         self.host = manifest.host.name
         self.current_session: str | None = None
         self.served = 0
@@ -69,10 +69,26 @@ class StubNode(Node):
             "bytes": size, "gap": arrived - first,
         }))
 
+    def on_cancel(self, header: dict[str, Any], frames: list[Any]) -> None:
+        if header["from"] != self.host:
+            raise wire.Rejected(f"cancel from {header['from']!r}, not the host {self.host!r}")
+        key = wire.task_of(header)
+        if key in self.tasks:
+            log.warning("%s: the host gave task %d up", self.name, key[1])
+        self.forget(key)
+
     def unknown_task(self, key: TaskKey, plan: PlanRun):
+        # A host pings before its first rows: rows of another session than the one that pinged
+        # last are late ones of an old host, and must not end the current host's tasks.
+        if self.current_session not in (None, key[0]):
+            raise wire.Rejected(f"rows of host session {key[0][:16]!r}, not the current one")
         self._adopt(key[0])
         if len(self.tasks) >= MAX_LIVE_TASKS:
-            raise wire.Rejected(f"{len(self.tasks)} tasks in flight already; task {key[1]} dropped")
+            # Far more than a host keeps in flight: the oldest waits for rows that will not come
+            # (its cancel was lost with a link); it goes, so that the device keeps serving.
+            oldest = next(iter(self.tasks))
+            log.warning("%s: %d tasks in flight; dropping the oldest, task %d", self.name, len(self.tasks), oldest[1])
+            self.forget(oldest)
         return self.start(key, RowStore(plan.specs), plan)
 
     def serve(self, stopping: Callable[[], bool]) -> None:

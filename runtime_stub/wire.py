@@ -8,6 +8,8 @@ buffer, sent and received without copies. Kinds:
 - ``ping`` / ``pong``: the host asks a device whether it is up and runs the same plan; the pong
   carries the device's plan checksum, ONNX Runtime version and clock.
 - ``trace``: after each task a device sends the host its measured timeline of that task.
+- ``cancel``: the host gave a task up (a device of it failed, see `halpc_stub.host`): the device
+  drops the task, and any rows for it that come later.
 - ``probe`` / ``probed``: the host measures a link it has not used lately: it sends two
   padding messages back to back (``part`` 0 then 1); the first drains any burst allowance, and
   the device answers with the gap between their arrivals, over which the second crossed the
@@ -30,7 +32,7 @@ from halpc_stub.store import TensorSpec
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024  # traces of big programs are the largest headers
 MAX_PROBE_BYTES = 1 << 20
-KINDS = ("rows", "ping", "pong", "trace", "probe", "probed")
+KINDS = ("rows", "ping", "pong", "trace", "probe", "probed", "cancel")
 TWO_FRAMES = ("rows", "probe")
 
 
@@ -51,11 +53,11 @@ def decode(frames: list[Any]) -> dict[str, Any]:
         raise Rejected(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise Rejected("header is not JSON") from None
     if not isinstance(header, dict):
         raise Rejected("header is not a JSON object")
-    if header.get("v") != VERSION:
+    if header.get("v") != VERSION or type(header.get("v")) is not int:
         raise Rejected(f"protocol version {header.get('v')!r}, expected {VERSION}")
     kind = header.get("kind")
     if kind not in KINDS:
@@ -127,14 +129,14 @@ class Inbound:
         if not (isinstance(rows, list) and len(rows) == 2 and all(type(r) is int for r in rows)):
             raise Rejected(f"bad rows {rows!r}")
         key = (header["from"], header.get("tensor"), (rows[0], rows[1]))
-        expect = self._expect.get(key)  # type: ignore[arg-type]
+        expect = self._expect.get(key) if isinstance(key[1], str) else None  # type: ignore[arg-type]
         if expect is None:
             raise Rejected(f"no step receives {key[1]!r} rows {rows} from {key[0]!r}")
-        if header.get("block") != expect.block:
+        if header.get("block") != expect.block or isinstance(header.get("block"), bool):
             raise Rejected(f"block {header.get('block')!r}, the program has {expect.block}")
         if header.get("dtype") != expect.dtype.name or header.get("shape") != list(expect.shape):
             raise Rejected(
-                f"{header.get('dtype')} {header.get('shape')} for {key[1]!r} rows {rows}, "
+                f"{header.get('dtype')!r} {header.get('shape')!r} for {key[1]!r} rows {rows}, "
                 f"expected {expect.dtype.name} {list(expect.shape)}"
             )
         buffer = frames[1].buffer if hasattr(frames[1], "buffer") else memoryview(frames[1])

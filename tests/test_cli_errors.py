@@ -73,6 +73,7 @@ def bundle_files_match_manifest(bundle: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     names = {d["name"] for d in manifest["devices"]}
     expected = set(manifest["artifacts"]) | {"manifest.json"} | {f"{n}/manifest.json" for n in names}
+    expected |= {f"{n}/keys/{n}.key_secret" for n in names if "curve" in manifest}  # not artifacts
     on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
     assert on_disk == expected
 

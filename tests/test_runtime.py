@@ -23,7 +23,7 @@ from halpc.compile import compile_bundle
 from halpc.run import local_popen, run, spawn_stubs
 from halpc.strategies import STRATEGIES
 from halpc.verify import random_inputs
-from halpc_stub import wire
+from halpc_stub import keys, wire
 from halpc_stub.host import RunError
 from halpc_stub.manifest import load_manifest
 
@@ -33,11 +33,11 @@ FAST_LINKS = {"bandwidth_mbps": 2000, "gmacs": 1.0}
 
 
 def compile_local(tmp_path: Path, name: str, size: int, strategy: str, devices: int = 3,
-                  ips: list[str] | None = None) -> Path:
+                  ips: list[str] | None = None, insecure: bool = False) -> Path:
     model = save(models.build(name, size, size, seed=1), tmp_path, f"{name}.onnx")
     cluster = local_cluster(devices, ports=free_ports(devices), ips=ips, **FAST_LINKS)
     out = tmp_path / f"{name}-{strategy}"
-    compile_bundle(model, cluster, out, strategy)
+    compile_bundle(model, cluster, out, strategy, insecure=insecure)
     return out
 
 
@@ -126,19 +126,21 @@ def test_no_stub_running_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_stub_of_another_plan_is_refused(tmp_path: Path) -> None:
-    a = compile_local(tmp_path, "vgg16", 32, "even")
+    # Without keys: with them, another compile's stub fails the handshake first (test_security.py).
+    a = compile_local(tmp_path, "vgg16", 32, "even", insecure=True)
     b = tmp_path / "other"
     cluster = load_manifest(a).data["cluster"]
     from halpc.cluster import Cluster
     compile_bundle(save(models.build("vgg16", 32, 32, seed=2), tmp_path, "v2.onnx"),
-                   Cluster.from_dict(cluster), b, "even")
+                   Cluster.from_dict(cluster), b, "even", insecure=True)
     with spawn_stubs(b, load_manifest(b)):
         with pytest.raises(RunError, match=r"dev-\d runs plan \w+, this bundle is plan"):
             run(a, [random_inputs(load_manifest(a), 0)], timeout_s=10)
 
 
 def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
-    """Malformed, foreign and misfit messages are logged and dropped; tasks after them are exact."""
+    """Malformed, foreign and misfit messages are logged and dropped; tasks after them are exact.
+    They come with the host's keys: past the handshake, every message is still checked."""
     bundle = compile_local(tmp_path, "vgg16", 32, "even", devices=2)
     manifest = load_manifest(bundle)
     step = next(s for s in manifest.program("dev-1") if s["op"] == "recv")
@@ -176,7 +178,7 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
         [probe(part=0), b"\0" * (wire.MAX_PROBE_BYTES + 1)],  # an oversized probe
         [probe(part=2), b""],
         [probe(seq=-1), b""],
-        [probe(**{"from": "dev-1"}), b""],  # probes come from the host only
+        [probe(**{"from": "dev-1"}), b""],  # the host's connection cannot speak for dev-1
     ]
     inputs = [random_inputs(manifest, s) for s in range(2)]
     with spawn_stubs(bundle, manifest) as stubs:
@@ -184,6 +186,7 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
+        keys.load(manifest, "host").client(push, "dev-1")
         push.connect("tcp://" + manifest.device("dev-1").address)
         for frames in bad:
             push.send_multipart(frames)
@@ -199,7 +202,7 @@ def test_stub_rejects_bad_messages_and_keeps_serving(tmp_path: Path) -> None:
                   "no step receives 'nope'", "expected float32", "block 99", "bad task id -1",
                   "bad session", "buffer of", "rows message with 1 frames", "exceeds",
                   "part 1 without part 0", "probe of", "bad probe part 2", "bad probe sequence number -1",
-                  "probe from 'dev-1'"):
+                  "from 'dev-1' on a connection authenticated as 'host'"):
         assert any(words in r for r in reasons), (words, reasons)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import jinja2
 import onnx
 import onnxruntime
+import zmq
 
 import halpc
 from halpc.cluster import Cluster
@@ -28,6 +29,7 @@ from halpc.emit.subgraph import strip_model, tail_model
 from halpc.errors import HalpcError
 from halpc.plan import Plan
 from halpc.trunk import Trunk
+from halpc_stub import keys
 from halpc_stub.manifest import Manifest
 
 FORMAT = "halpc-bundle/1"
@@ -87,8 +89,9 @@ def write_bundle(trunk: Trunk, plan: Plan, cluster: Cluster, out: str | Path) ->
 
 
 def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
-                deadline_ms: float | None = None) -> BundleSummary:
-    """Write a bundle of `entries`; the first is the default plan."""
+                deadline_ms: float | None = None, insecure: bool = False) -> BundleSummary:
+    """Write a bundle of `entries`; the first is the default plan. Every device gets a new CURVE
+    key pair, unless `insecure` (plaintext, unauthenticated traffic)."""
     out = Path(out)
     check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +99,7 @@ def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms)
+        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms, insecure)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -132,7 +135,7 @@ class _Artifacts:
         return self._shared[key]
 
 
-def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None):
+def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool):
     artifacts = _Artifacts(root)
     several = len(entries) > 1
     plans, schedules = [], []
@@ -163,6 +166,7 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
             "onnxruntime": onnxruntime.__version__,
             "steps": len(schedules[0].programs[device.name]),
             "install_dir": f"/opt/halpc/{device.name}",
+            "key_file": None if insecure else keys.secret_file(device.name),
         }
         artifacts.put(f"{device.name}/launch.sh", env.get_template("launch.sh.j2").render(context).encode(), True)
         if not device.host:
@@ -171,13 +175,39 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
             for name, data in stub_sources.items():
                 artifacts.put(f"{device.name}/halpc_stub/{name}", data)
     manifest["artifacts"] = artifacts.digests
+    if insecure:
+        manifest["insecure"] = True
+    else:
+        manifest["curve"] = _write_keys(root, cluster)
     text = (json.dumps(manifest, indent=1) + "\n").encode()
     (root / "manifest.json").write_bytes(text)
     for device in cluster.devices:
         # A device folder copied alone to a board carries the manifest it is checked against.
         (root / device.name / "manifest.json").write_bytes(text)
     total = sum((root / rel).stat().st_size for rel in artifacts.digests) + len(text) * (1 + len(cluster))
-    return len(artifacts.digests) + 1 + len(cluster), total, schedules
+    key_files = list(root.glob("*/keys/*"))
+    total += sum(p.stat().st_size for p in key_files)
+    return len(artifacts.digests) + 1 + len(cluster) + len(key_files), total, schedules
+
+
+def _write_keys(root: Path, cluster: Cluster) -> dict[str, str]:
+    """A new CURVE key pair per device: its secret key in its own folder only (0600 in a 0700
+    folder), created unreadable to others from the start; the public keys, for the manifest.
+
+    Secret keys are not in `artifacts`: the manifest travels to every device, and a device
+    checks its key against its public key in the manifest instead (`halpc_stub.keys.load`),
+    which also tells a key of another compile from this one's."""
+    publics = {}
+    for device in cluster.devices:
+        public, secret = zmq.curve_keypair()
+        path = root / device.name / keys.secret_file(device.name)
+        path.parent.mkdir(mode=0o700)
+        path.parent.chmod(0o700)  # whatever the umask
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(keys.secret_text(device.name, public, secret))
+        publics[device.name] = public.decode()
+    return publics
 
 
 def _write_plan(entry: PlanEntry, cluster: Cluster, artifacts: _Artifacts, prefix: str):

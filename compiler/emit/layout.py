@@ -19,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from halpc.errors import HalpcError
 from halpc.trunk import Trunk
 from halpc_stub.session import make_session
 
@@ -41,7 +42,11 @@ class ReferenceLayout:
 def reference_layout(trunk: Trunk) -> ReferenceLayout:
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
-        make_session(trunk.model.reference, optimized_path=str(optimized))
+        try:
+            make_session(trunk.model.reference, optimized_path=str(optimized))
+        except Exception as exc:  # ORT's error types (InvalidGraph, Fail, ...) derive from Exception only
+            raise HalpcError(f"{trunk.model.path}: ONNX Runtime cannot load the model ({exc}); "
+                             "is the file damaged? check it with onnx.checker") from None
         graph = onnx.load(str(optimized), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
     blocked = set()

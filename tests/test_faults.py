@@ -1,0 +1,211 @@
+"""Device faults during a stream: a stub killed, hung or cut off mid-task, then back.
+
+Real `halpc-stub` processes (launch.sh) on loopback or in the emulated cluster; the host is a
+`HostSession` in this process. Whatever happens to a device, every task's output must be the
+unsplit model's bit for bit, in order, each task exactly once; the host must notice within its
+bound (1.5x the expected task time + 50 ms, checked every 10 ms: under the 2x + 100 ms target)
+and take the device back once it answers.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models  # examples/models.py
+from bundles import free_ports, local_cluster, save
+from halpc import netlab
+from halpc.compile import compile_bundle
+from halpc.planner import predict_bundle
+from halpc.report import run_table
+from halpc.run import RunSummary
+from halpc.run import spawn_stubs
+from halpc.verify import random_inputs
+from halpc_stub import wire
+from halpc_stub.host import HostSession, TaskResult
+from halpc_stub.manifest import load_manifest
+from halpc_stub.serve import StubNode
+from halpc_stub.session import load_sessions, make_session
+
+LAB_UNAVAILABLE = netlab.available()
+
+
+def compile_three(tmp_path: Path, ips: list[str] | None = None, spares: bool = False) -> Path:
+    """VGG-16 at 64x64 in even strips on host, dev-1 and dev-2 (`spares`: and on each pair)."""
+    model = save(models.build("vgg16", 64, 64, seed=1), tmp_path, "vgg16.onnx")
+    cluster = local_cluster(3, bandwidth_mbps=1000, ports=free_ports(3), ips=ips)
+    compile_bundle(model, cluster, tmp_path / "bundle", "even", spares=spares)
+    return tmp_path / "bundle"
+
+
+class Stream:
+    """Drive a host's stream, calling `actions[k]` after the k-th result, until `done()`."""
+
+    def __init__(self, bundle: Path, pool: int = 4) -> None:
+        manifest = load_manifest(bundle)
+        self.pool = [random_inputs(manifest, seed) for seed in range(pool)]
+        session = make_session(str(manifest.reference_model()))
+        self.expected = [session.run(manifest.outputs, x) for x in self.pool]
+        self.outputs = manifest.outputs
+        self.results: list[TaskResult] = []
+
+    def run(self, host: HostSession, actions: dict, done, limit: int = 5000) -> list[TaskResult]:
+        def frames():
+            for i in range(limit):
+                if done(self.results):
+                    return
+                yield self.pool[i % len(self.pool)]
+
+        first = host.next_task
+        for result in host.stream(frames(), in_flight=2):
+            self.results.append(result)
+            action = actions.get(len(self.results))
+            if action:
+                action()
+        numbers = [r.task for r in self.results]
+        assert numbers == list(range(first, first + len(numbers))), "a task lost, duplicated or out of order"
+        for result in self.results:
+            want = self.expected[(result.task - first) % len(self.pool)]
+            for name, array in zip(self.outputs, want):
+                got = result.outputs[name]
+                assert got.dtype == array.dtype and np.array_equal(got, array), f"task {result.task}: {name}"
+        return self.results
+
+
+def back_for(tasks: int, after: list[float]):
+    """done(): once `after` holds a time, the last `tasks` results ran their plan on the devices."""
+    def done(results: list[TaskResult]) -> bool:
+        if not after or len(results) < tasks:
+            return False
+        recent = results[-tasks:]
+        return all(r.start > after[0] and not r.unsplit and r.fallback is None for r in recent)
+    return done
+
+
+@pytest.mark.parametrize("spares", [False, True], ids=["host-alone", "fallback-plans"])
+def test_stub_killed_mid_task_then_restarted(spares: bool, tmp_path: Path) -> None:
+    bundle = compile_three(tmp_path, spares=spares)
+    stream = Stream(bundle)
+    killed: list[float] = []
+    restarted: list[float] = []
+    with spawn_stubs(bundle, load_manifest(bundle)) as stubs, HostSession(bundle) as host:
+        def kill() -> None:  # task 11 is in flight (two at a time): killed mid-task
+            stubs.procs["dev-1"].kill()
+            killed.append(time.time())
+
+        def restart() -> None:
+            stubs.procs["dev-1"].wait()
+            stubs.start("dev-1")
+            restarted.append(time.time())
+
+        results = stream.run(host, {10: kill, 30: restart}, back_for(10, restarted))
+        log = stubs.log("dev-2")
+    assert host.faults, "the kill went unnoticed"
+    fault = host.faults[0]
+    detected = fault.at - killed[0]
+    print(f"\nkill -9: noticed after {detected * 1000:.0f} ms (bound {fault.bound_s * 1000:.0f} ms, "
+          f"expected task {fault.expected_s * 1000:.0f} ms); {len(results)} tasks, "
+          f"{sum(r.unsplit for r in results)} on the host alone, {len(host.faults)} fault(s)")
+    assert detected < 2 * fault.expected_s + 0.1
+    assert all(f.at >= killed[0] for f in host.faults)
+    outage = results[10:30]  # while dev-1 was dead: the tasks given up, then the next ones
+    assert any(r.unsplit for r in outage)
+    if spares:  # host and dev-2 split the tasks once dev-2 answered again
+        assert any(r.plan == "even-without-dev-1" and r.fallback == "dev-1 down" for r in outage)
+    else:
+        assert all(r.unsplit for r in outage)
+    # What `halpc run` reports of it.
+    manifest = load_manifest(bundle)
+    summary = RunSummary(results, predict_bundle(manifest.data), results[0].start, results[-1].end,
+                         faults=host.faults)
+    text = run_table(manifest, summary, in_flight=2)
+    assert "faults      1: task 10 waited" in text and "for dev-1 (bound" in text, text
+    assert "unsplit on the host: no " in text and "as planned" in text
+    assert summary.to_json()["faults"][0]["device"] == "dev-1"
+    assert not host.down
+    assert "the host gave task" in log  # dev-2 was told to drop the tasks given up
+
+
+def test_hung_stub_is_given_up_and_its_late_rows_dropped(tmp_path: Path) -> None:
+    bundle = compile_three(tmp_path)
+    stream = Stream(bundle)
+    resumed: list[float] = []
+    with spawn_stubs(bundle, load_manifest(bundle)) as stubs, HostSession(bundle) as host:
+        pid = stubs.procs["dev-2"].pid
+
+        def resume() -> None:
+            os.kill(pid, signal.SIGCONT)
+            resumed.append(time.time())
+
+        results = stream.run(host, {8: lambda: os.kill(pid, signal.SIGSTOP), 20: resume}, back_for(10, resumed))
+        log = stubs.log("dev-2")
+    assert host.faults and {f.device for f in host.faults} <= {"dev-1", "dev-2"}
+    assert any(r.unsplit for r in results[8:20])
+    # Once resumed, the stub finds the host's cancels of the tasks it was stopped in (or, had it
+    # sent their rows first, the host drops them as late: they are of tasks given up).
+    assert "the host gave task" in log or host.node.rejected >= 1, log
+
+
+def test_replayed_and_cancelled_rows_are_refused(tmp_path: Path) -> None:
+    """A device drops rows it already has, rows of a finished task and of a cancelled one."""
+    bundle = compile_three(tmp_path)
+    manifest = load_manifest(bundle)
+    node = StubNode(manifest, "dev-1", load_sessions(manifest, "dev-1").__getitem__,
+                    bind=f"tcp://127.0.0.1:{free_ports(1)[0]}")
+    try:
+        step = next(s for s in manifest.program("dev-1") if s["op"] == "recv")
+        spec = manifest.tensors[step["tensor"]]
+        array = np.zeros(spec.strip_shape(tuple(step["rows"])), np.dtype(spec.dtype))
+        rows = [wire.rows_header("s1", 0, manifest.data["plan_sha256"], step["from"], step, array), array]
+
+        def deliver(frames) -> str | None:
+            try:
+                node.dispatch(wire.decode(frames), frames)
+            except wire.Rejected as exc:
+                return str(exc)
+            return None
+
+        assert deliver(rows) is None and ("s1", 0) in node.tasks
+        assert "received twice" in deliver(rows)
+        cancel = [wire.encode({"kind": "cancel", "from": "host", "session": "s1", "task": 0})]
+        assert "not the host" in deliver([wire.encode({"kind": "cancel", "from": "dev-2", "session": "s1",
+                                                        "task": 0})])
+        assert deliver(cancel) is None and ("s1", 0) not in node.tasks
+        assert "late rows for finished task 0" in deliver(rows)
+        # A device keeps serving when hosts leave tasks behind: the oldest goes, not the new one.
+        for task in range(1, 70):
+            assert deliver([rows[0].replace(b'"task":0', f'"task":{task}'.encode()), array]) is None
+        assert len(node.tasks) <= 64 and ("s1", 69) in node.tasks
+    finally:
+        node.close()
+
+
+@pytest.mark.skipif(bool(LAB_UNAVAILABLE), reason=f"no emulated cluster here: {LAB_UNAVAILABLE}")
+def test_link_cut_is_noticed_within_the_bound_and_restored(tmp_path: Path) -> None:
+    with netlab.NetLab({"dev-1": 200, "dev-2": 200}) as lab:
+        bundle = compile_three(tmp_path, ips=[lab.host_ip, lab.ip("dev-1"), lab.ip("dev-2")])
+        stream = Stream(bundle)
+        cut: list[float] = []
+        restored: list[float] = []
+        with spawn_stubs(bundle, load_manifest(bundle), lab.popen), HostSession(bundle) as host:
+            def cut_link() -> None:
+                lab.cut("dev-1")
+                cut.append(time.time())
+
+            def restore() -> None:
+                lab.restore("dev-1")
+                restored.append(time.time())
+
+            results = stream.run(host, {10: cut_link, 40: restore}, back_for(10, restored))
+    fault = host.faults[0]
+    detected = fault.at - cut[0]
+    print(f"\nlink cut: noticed after {detected * 1000:.0f} ms (bound {fault.bound_s * 1000:.0f} ms, "
+          f"expected task {fault.expected_s * 1000:.0f} ms); {len(results)} tasks, "
+          f"{sum(r.unsplit for r in results)} on the host alone, back "
+          f"{results[-10].start - restored[0]:.1f} s after the link")
+    assert detected < 2 * fault.expected_s + 0.1
+    assert not host.down
