@@ -90,7 +90,7 @@ class Injector:
             if len(self.host.faults) > self.row["faults_before"] and "noticed" not in self.row:
                 fault = self.host.faults[self.row["faults_before"]]
                 self.row.update(noticed=fault.at, expected_s=fault.expected_s, bound_s=fault.bound_s,
-                                blamed=fault.device)
+                                waited_for=fault.device)
             if "noticed" in self.row and now - self.row["noticed"] > REPAIR_AFTER_S:
                 self._repair(self.row["fault"], self.row["device"])
                 self.row["repaired"] = time.time()
@@ -158,17 +158,19 @@ def main() -> int:
     print(f"{args.model} {args.size}x{args.size}, even strips on host + 2 stubs (200 Mbit/s links), "
           f"2 tasks in flight; default plan predicted {predicted_s * 1e3:.0f} ms"
           + (", fallback plans" if args.fallback_plans else ""))
-    print(f"{'fault':9} {'device':6} {'blamed':6} {'expected ms':>11} {'bound ms':>8} {'noticed ms':>10} "
+    print(f"{'fault':9} {'device':6} {'waited':6} {'expected ms':>11} {'bound ms':>8} {'noticed ms':>10} "
           f"{'target ms':>9} {'recomputed':>10} {'back s':>6}")
     target = 2 * predicted_s + 0.1
     late = 0
     for row in inject.rows:
         noticed = row["noticed"] - row["injected"]
         late += noticed >= target
-        print(f"{row['fault']:9} {row['device']:6} {row['blamed']:6} {row['expected_s'] * 1e3:11.0f} "
+        print(f"{row['fault']:9} {row['device']:6} {row['waited_for']:10} {row['expected_s'] * 1e3:11.0f} "
               f"{row['bound_s'] * 1e3:8.0f} {noticed * 1e3:10.0f} {target * 1e3:9.0f} {row['recomputed']:10d} "
               f"{row['back'] - row['repaired']:6.1f}")
     in_order = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    for fault in host.faults:
+        print(f"  fault: task {fault.task} waited {fault.waited_s * 1e3:.0f} ms for {fault.device}")
     print(f"tasks {len(numbers)} in {seconds:.0f} s, faults injected {len(inject.rows)}, faults noticed "
           f"{len(host.faults)}, outputs bit-exact {exact}/{len(numbers)}, in order and each once: {in_order}, "
           f"noticed within the target: {len(inject.rows) - late}/{len(inject.rows)}")
