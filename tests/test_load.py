@@ -49,6 +49,7 @@ def test_two_thousand_tasks_in_order_exactly_once_bit_exact_and_memory_flat(tmp_
     assert result.out_of_order == 0, report
     assert result.outputs_checked == (TASKS + result.warmup) and result.exact, report
     assert not result.problems, report
+    assert len(result.faults) <= TASKS // 100, report  # false alarms of fault detection: rare
     assert [s.done for s in result.samples] == list(range(0, TASKS + 1, 250)), report
     for name in ("host", "dev-1", "dev-2"):
         assert result.growth_kb(name) < GROWTH_BOUND_KB, f"{name} grew; {report}"
