@@ -261,3 +261,9 @@ def test_run_and_stub_errors_are_one_line(tmp_path: Path) -> None:
         one_line([str(bundle / "dev-1" / "launch.sh")], "cannot listen on", "--bind")
         stubs.check()
     assert not (tmp_path / "y.npz").exists()
+    # A tampered strip model: the stub refuses to start, naming the file.
+    victim = sorted((bundle / "dev-1").glob("*.onnx"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    one_line([str(bundle / "dev-1" / "launch.sh")], victim.name, "sha256 differs from the manifest")
