@@ -1,7 +1,8 @@
 """A device that serves a host: starts a task when its first rows arrive, answers pings, reports.
 
-A task is identified by the host's session id and the task number. Rows for a task this device
-has not seen start it; rows for one it finished are late and dropped. After each task the
+A task is identified by the host's session id and the task number. Rows of the host session
+that pinged last, for a task this device has not seen, start it; rows for one it finished or
+was told to drop are late and dropped, and so are rows of an older session. After each task the
 device sends the host the timeline it measured (`trace`), which `halpc run` shows beside the
 prediction. A host that restarts (a new session id) makes the device drop the old session's
 unfinished tasks; a host that gives a task up (`cancel`) makes it drop that task.
