@@ -378,6 +378,8 @@ def _window(node, fmaps, first: TensorInfo, out_infos, inits):
     if len(kernel) != 2:
         return None
     out_shape = out_infos[0][0]
+    if len(out_shape) != 4:  # a damaged model's shapes: not a layer to split
+        return None
     strides, dilations, pads = _spatial_attrs(node, kernel, first.shape, out_shape)
     window = Window(
         kernel=(kernel[0] - 1) * dilations[0] + 1,
