@@ -24,6 +24,18 @@ A cluster file is TOML::
     bandwidth_mbps = 50       # at least one of bandwidth_mbps / latency_ms;
     # latency_ms = 5          # the one left out comes from [network]
 
+Several sources (cameras) sharing helper nodes: instead of one host, mark each camera
+``source = true`` with the model it runs and its frame rate; every other device is a helper
+that any source may offload to (``halpc compile --strategy matching``)::
+
+    [[device]]
+    name = "cam-1"
+    source = true
+    model = "mobilenet.onnx"  # relative to this file's folder
+    rate_hz = 10              # frames a second
+    address = "10.0.0.11:5701"
+    gmacs = 2.0
+
 Rules worth knowing:
 
 * ``[network]`` is optional; without it every pair gets 100 Mbit/s and 2 ms
@@ -78,7 +90,7 @@ DEFAULT_LATENCY_MS: float = 2.0
 
 _TOP_KEYS = ("device", "link", "network")
 _NETWORK_KEYS = ("bandwidth_mbps", "latency_ms")
-_DEVICE_KEYS = ("address", "gmacs", "host", "name", "profile", "threads")
+_DEVICE_KEYS = ("address", "gmacs", "host", "model", "name", "profile", "rate_hz", "source", "threads")
 _LINK_KEYS = ("bandwidth_mbps", "between", "latency_ms")
 
 _RESERVED_NAMES = frozenset(("keys", "manifest.json", "plan.json", "reference"))  # keys: in a device folder
@@ -105,6 +117,9 @@ class Device:
     gmacs: float | None
     threads: int = 1
     profile: str | None = None
+    source: bool = False  # a camera of a cluster of several sources, with its model and frame rate
+    model: str | None = None
+    rate_hz: float | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,22 @@ class Cluster:
     def __len__(self) -> int:
         return len(self.devices)
 
+    @property
+    def sources(self) -> tuple[Device, ...]:
+        """The sources of a cluster of several sources, in file order (else none)."""
+        return tuple(d for d in self.devices if d.source)
+
+    def view(self, source: str) -> Cluster:
+        """The cluster as one source sees it: that source as the host, with every helper (the
+        other sources are cameras of their own, not helpers)."""
+        self.device(source)
+        devices = [dataclasses.replace(d, host=d.name == source) for d in self.devices
+                   if d.name == source or not d.source]
+        devices.sort(key=lambda d: not d.host)
+        names = {d.name for d in devices}
+        return dataclasses.replace(self, devices=tuple(devices),
+                                   links=tuple(l for l in self.links if {l.a, l.b} <= names))
+
     def device(self, name: str) -> Device:
         """The device called ``name``; :class:`HalpcError` if there is none."""
         for d in self.devices:
@@ -202,7 +233,11 @@ class Cluster:
         """
         devices = []
         for d in self.devices:
-            entry: dict[str, Any] = {"name": d.name, "host": d.host, "address": d.address}
+            entry: dict[str, Any] = {"name": d.name, "address": d.address}
+            if d.source:
+                entry.update(source=True, model=d.model, rate_hz=d.rate_hz)
+            else:
+                entry["host"] = d.host
             if d.gmacs is not None:
                 entry["gmacs"] = d.gmacs
             entry["threads"] = d.threads
@@ -464,10 +499,20 @@ def _build(doc: Any, source: str, base_dir: str | os.PathLike[str] | None) -> Cl
                 f"must be a positive whole number, got {_show(threads)}; give the ONNX Runtime intra-op thread count, e.g. threads = 1",
             )
 
-        devices.append(Device(name, is_host, address, gmacs, threads, profile))
+        is_source, model, rate_hz = _source_fields(entry, where, base_dir, fail)
+        if is_source and is_host:
+            raise fail(f"{where}.host", "a source is the host of its own frames; remove host = true")
+        devices.append(Device(name, is_host, address, gmacs, threads, profile, is_source, model, rate_hz))
 
-    if host_field is None:
-        raise fail("device", "no host; mark exactly one device with host = true (it holds the model input and output)")
+    sources = [d for d in devices if d.source]
+    if sources and host_field is not None:
+        raise fail(f"{host_field}.host", "a cluster of several sources has no host (each source is the host of "
+                                         "its own frames); remove host = true or the sources")
+    if sources:  # the first source stands as the host of the whole (`Cluster.view` gives each its own)
+        devices[devices.index(sources[0])] = dataclasses.replace(sources[0], host=True)
+    elif host_field is None:
+        raise fail("device", "no host; mark exactly one device with host = true (it holds the model input and "
+                             "output), or several with source = true, model and rate_hz")
 
     # [[link]]
     raw_links = _absent_to_list(doc.get("link"))
@@ -517,6 +562,30 @@ def _build(doc: Any, source: str, base_dir: str | os.PathLike[str] | None) -> Cl
 
     ordered = tuple([d for d in devices if d.host] + [d for d in devices if not d.host])
     return Cluster(ordered, net_bw, net_lat, tuple(links), source)
+
+
+def _source_fields(entry: Mapping[str, Any], where: str, base_dir: str | os.PathLike[str] | None,
+                   fail: Any) -> tuple[bool, str | None, float | None]:
+    """`source`, `model` (resolved against the file's folder) and `rate_hz` of a device."""
+    is_source = entry.get("source", False)
+    if is_source is None:
+        is_source = False
+    if not isinstance(is_source, bool):
+        raise fail(f"{where}.source", f"must be true or false, got {_show(is_source)}; write source = true on each camera")
+    model, rate = entry.get("model"), entry.get("rate_hz")
+    if not is_source:
+        for key, value in (("model", model), ("rate_hz", rate)):
+            if value is not None:
+                raise fail(f"{where}.{key}", "only a source has a model and a frame rate; add source = true or remove it")
+        return False, None, None
+    if not isinstance(model, str) or not model.strip():
+        raise fail(f"{where}.model", f"must be the path of the source's ONNX model, got {_show(model)}; "
+                                     'write e.g. model = "mobilenet.onnx" (relative to the cluster file)')
+    model = os.path.expanduser(model)
+    if base_dir is not None and not os.path.isabs(model):
+        model = os.path.normpath(os.path.join(os.fspath(base_dir), model))
+    rate_hz = _positive(rate, f"{where}.rate_hz", "give the source's frames per second, e.g. rate_hz = 10", fail)
+    return True, model, rate_hz
 
 
 def _check_keys(table: Mapping[str, Any], known: Iterable[str], where: str, fail: Any) -> None:
