@@ -5,6 +5,10 @@ for each of those link rates, and with `variants` every variant of the model lik
 each variant run by the host alone), so that the host can choose per task, from the channel
 it measures and the deadline, which plan and which variant to run. Plans that come out the
 same are kept once, with every rate they serve; strips shared by plans are written once.
+
+A cluster of several sources names each source's model in the cluster file: every source gets a
+plan of its own (`planner.sources`: the matching game, or one of its baselines, or a one-host
+strategy such as halp planned by each source as if it were alone), all in one bundle.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from halpc.emit.bundle import BundleSummary, PlanEntry, check_destination, write
 from halpc.errors import HalpcError, UsageError
 from halpc.model import Shape, load_model
 from halpc.plan import Plan, load_plan
-from halpc.planner import best_plan, context, make_plan
+from halpc.planner import best_plan, context, make_plan, predict
 from halpc.trunk import Trunk, analyse
 
 
@@ -103,6 +107,14 @@ def compile_bundle(
     check_destination(Path(out))  # before any slow work: a wrong -o fails at once
     if not isinstance(cluster, Cluster):
         cluster = load_cluster(cluster)
+    if cluster.sources:
+        if model is not None or plan is not None or variants or bandwidths or spares or accuracy is not None:
+            raise UsageError(f"{cluster.source} names each source's model; leave out MODEL, --plan, --variant, "
+                             "--accuracy, --bandwidths and --fallback-plans with a cluster of sources")
+        return _compile_sources(cluster, out, strategy, input_shapes, deadline_ms, insecure)
+    if strategy == "matching":
+        raise UsageError(f"--strategy matching shares helpers among several sources; {cluster.source} has one "
+                         "host (mark the cameras source = true, each with model and rate_hz)")
     if not variants and not bandwidths and not spares:
         if model is None:
             raise UsageError("give a MODEL, or its variants with --variant FILE.onnx:ACCURACY")
@@ -120,6 +132,59 @@ def compile_bundle(
     entries = _plan_family(family, trunks, cluster, strategy, tuple(bandwidths), spares)
     summary = write_plans(entries, cluster, out, deadline_ms, insecure)
     return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
+
+
+def load_sources(cluster: Cluster, input_shapes: dict[str, Shape] | None = None) -> dict[str, Trunk]:
+    """Each source's model, analysed; two different models may not share a file name (the
+    bundle keeps each as reference/NAME.onnx)."""
+    trunks: dict[str, Trunk] = {}
+    for s in cluster.sources:
+        assert s.model is not None
+        trunks[s.name] = analyse(load_model(s.model, input_shapes))
+    by_name: dict[str, Trunk] = {}
+    for s in cluster.sources:
+        trunk = trunks[s.name]
+        other = by_name.setdefault(trunk.model.path.stem, trunk)
+        if other.model.sha256 != trunk.model.sha256:
+            raise HalpcError(f"{cluster.source}: two different models are named {trunk.model.path.name} "
+                             f"({other.model.path} and {trunk.model.path}); rename one of the files")
+    return trunks
+
+
+def _compile_sources(cluster: Cluster, out: str | Path, strategy: str, input_shapes: dict[str, Shape] | None,
+                     deadline_ms: float | None, insecure: bool) -> Compiled:
+    from halpc.planner.sources import STRATEGIES, plan_each, plan_sources
+
+    trunks = load_sources(cluster, input_shapes)
+    sharing = None
+    if strategy in ("best", *STRATEGIES):
+        planned = plan_sources(cluster, trunks, "matching" if strategy == "best" else strategy)
+        plans, sharing = planned.plans, planned.to_dict()
+    else:
+        plans = plan_each(cluster, trunks, strategy)
+    plans = _with_waits(cluster, trunks, plans)
+    entries = [PlanEntry(f"{s.name}/{plans[s.name].strategy}", trunks[s.name], plans[s.name],
+                         trunks[s.name].model.path.stem, host=s.name) for s in cluster.sources]
+    summary = write_plans(entries, cluster, out, deadline_ms, insecure, sharing)
+    return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
+
+
+def _with_waits(cluster: Cluster, trunks: dict[str, Trunk], plans: dict[str, Plan]) -> dict[str, Plan]:
+    """Each source's plan with `wait_ms`: the longest its frame may queue on a helper behind one
+    frame of every other source (their compute there, summed; the worst over its helpers). The
+    host's fault bound adds it, so that a helper busy with another source is not a dead one."""
+    busy: dict[str, dict[str, float]] = {}
+    for name, plan in plans.items():
+        timeline = predict(context(trunks[name], cluster.view(name)), plan)
+        busy[name] = {}
+        for e in timeline.events:
+            if e.kind == "compute" and e.device != name:
+                busy[name][e.device] = busy[name].get(e.device, 0.0) + e.end - e.start
+    out = {}
+    for name, plan in plans.items():
+        wait = max((sum(b.get(h, 0.0) for o, b in busy.items() if o != name) for h in busy[name]), default=0.0)
+        out[name] = dataclasses.replace(plan, predicted={**plan.predicted, "wait_ms": round(wait * 1e3, 3)})
+    return out
 
 
 def _one_plan(trunk: Trunk, cluster: Cluster, strategy: str, plan: str | Path | Plan | None) -> Plan:

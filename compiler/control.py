@@ -19,8 +19,7 @@ import time
 from collections.abc import Sequence
 
 from halpc.adapt import Bandwidths, Choice, LinkEstimator, PlanOption, Predictor, cached, choose
-from halpc.cluster import Cluster
-from halpc.planner import predict_bundle
+from halpc.planner import bundle_cluster, predict_bundle
 from halpc_stub.host import HostSession
 from halpc_stub.manifest import Manifest
 
@@ -43,7 +42,7 @@ def plan_options(manifest: Manifest) -> list[PlanOption]:
 def bundle_predictor(manifest: Manifest) -> Predictor:
     """Predicted latency (s) of a plan of the bundle when the links run at the given rates."""
     plans = {p.id: p.data for p in manifest.plans}
-    cluster = Cluster.from_dict(manifest.data["cluster"])
+    cluster = bundle_cluster(manifest.data)
 
     def predict(plan: str, rates: Bandwidths) -> float:
         return predict_bundle(plans[plan], rates, cluster).latency_s
@@ -53,7 +52,7 @@ def bundle_predictor(manifest: Manifest) -> Predictor:
 
 def nominal_rates(manifest: Manifest, devices: Sequence[str]) -> dict[str, float]:
     """Each device's link to the host as the cluster file gives it."""
-    cluster = Cluster.from_dict(manifest.data["cluster"])
+    cluster = bundle_cluster(manifest.data)
     return {d: cluster.link(cluster.host.name, d).bandwidth_mbps for d in devices}
 
 

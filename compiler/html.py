@@ -330,7 +330,7 @@ def _measured_events(prediction, devices: list[str]):
 
 def render_run_report(manifest, summary) -> str:
     """The `halpc run --report` page, as a string (see `write_run_report`)."""
-    from halpc.cluster import Cluster
+    from halpc.planner import bundle_cluster
     from halpc.emit.bundle import templates
 
     if not summary.results:
@@ -363,7 +363,7 @@ def render_run_report(manifest, summary) -> str:
     local = summary.local_latency_s
     checks = summary.checks
     try:
-        links = _links(Cluster.from_dict(data["cluster"]))
+        links = _links(bundle_cluster(data))
     except Exception:  # an older or hand-made manifest: the page does without
         links = []
     context = {

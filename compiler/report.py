@@ -77,6 +77,9 @@ def trunk_table(trunk: Trunk) -> str:
 
 def bundle_summary(result: Compiled, seconds: float) -> str:
     trunk, plan, cluster, summary = result.trunk, result.plan, result.cluster, result.bundle
+    wrote = f"wrote      {summary.path}/ ({summary.files} files, {summary.bytes / 1e6:.1f} MB) in {seconds:.2f} s"
+    if cluster.sources:
+        return "\n".join([sources_summary(result), wrote])
     per_device = {d: 0 for d in cluster.names}
     for job in summary.schedule.jobs:
         per_device[job.device] += 1
@@ -94,8 +97,24 @@ def bundle_summary(result: Compiled, seconds: float) -> str:
     if len(result.entries) > 1:
         lines.append(f"plans      {len(result.entries)} (the first is the default)")
         lines.append(plan_entries_table(result.entries))
-    lines.append(f"wrote      {summary.path}/ ({summary.files} files, {summary.bytes / 1e6:.1f} MB) in {seconds:.2f} s")
+    lines.append(wrote)
     return "\n".join(lines)
+
+
+def sources_summary(result: Compiled) -> str:
+    """Each source's plan in a bundle of several sources: where its strips run, its predicted
+    latency on idle devices (the planner's full timeline: messages one after another, per-run
+    costs) and shared with the other sources' frames (the matching's cost model)."""
+    cluster = result.cluster
+    helpers = [d.name for d in cluster.devices if not d.source]
+    rows = []
+    for e in result.entries:
+        shared = e.plan.predicted.get("shared_ms")
+        rows.append((e.host, e.trunk.model.path.name, f"{cluster.device(e.host).rate_hz:g}", e.id, _shares(e.plan),
+                     f"{e.plan.predicted['latency_ms']:.1f}", "-" if shared is None else f"{shared:.1f}"))
+    head = f"strategy   {result.plan.strategy}: {len(cluster.sources)} sources sharing {len(helpers)} helper(s)"
+    return "\n".join([head, table(("source", "model", "Hz", "plan", "first block rows per device",
+                                   "timeline ms", "shared ms"), rows, right={2, 5, 6})])
 
 
 def plan_entries_table(entries) -> str:
@@ -230,6 +249,30 @@ def run_table(manifest, summary, in_flight: int) -> str:
     k = summary.median_task()
     lines.append(timeline_chart(summary.measured(k), [d.name for d in manifest.devices], f"task {k}"))
     return "\n".join(lines)
+
+
+def sources_run_table(manifest, summaries: dict[str, dict]) -> str:
+    """`halpc run` of every source at once: per source its frames' latency beside the plan's
+    prediction with the other sources' load (`shared_ms`), and the bit-exact check."""
+    sharing = manifest.data.get("sharing", {}).get("sources", {})
+    rows = []
+    for source, s in summaries.items():
+        lat = sorted(s["latency_ms_per_task"])
+        p95 = lat[max(0, -(-95 * len(lat) // 100) - 1)]
+        predicted = sharing.get(source, {}).get("predicted_ms")
+        exact = {None: "-", True: "yes", False: "NO"}[s["exact"]]
+        rows.append((source, f"{manifest.data['sources'][source]['rate_hz']:g}", len(lat),
+                     f"{statistics.mean(lat):.1f}", f"{lat[(len(lat) - 1) // 2]:.1f}", f"{p95:.1f}",
+                     "-" if predicted is None else f"{predicted:.1f}", exact))
+    start = max(s["started"] for s in summaries.values())
+    end = min(s["ended"] for s in summaries.values())
+    span = max(s["ended"] for s in summaries.values()) - min(s["started"] for s in summaries.values())
+    return "\n".join([
+        f"ran {manifest.root}: {len(summaries)} sources at once, {manifest.data['strategy']} plans",
+        table(("source", "Hz", "frames", "mean ms", "p50 ms", "p95 ms", "predicted ms", "exact"), rows,
+              right={1, 2, 3, 4, 5, 6}),
+        f"overlap     the sources streamed together for {max(0.0, end - start):.1f} s of {span:.1f} s",
+    ])
 
 
 def timeline_chart(prediction, devices: Sequence[str], title: str, width: int = 72) -> str:

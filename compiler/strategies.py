@@ -2,3 +2,4 @@
 from __future__ import annotations
 
 STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
+SOURCE_STRATEGIES = ("matching",)  # a cluster of several sources sharing helpers (planner.sources)

@@ -64,8 +64,9 @@ def run_bundle(manifest: Manifest, inputs: dict[str, np.ndarray], sessions) -> d
     mailbox = Mailbox()
     results: dict[str, np.ndarray] = {}
     runners: dict[str, Iterator[None]] = {}
+    host = manifest.host.name
     for device in manifest.devices:
-        if device.host:
+        if device.name == host:
             store = host_store(specs, manifest.data["spatial_input"], inputs)
         else:
             store = RowStore(specs)
@@ -148,18 +149,19 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
             cache[key] = make_session(str(manifest.path(device.name, file)), device.threads)
         return cache[key]
 
-    cases: list[tuple[str, dict[str, np.ndarray]]]
-    if input_file is not None:
-        cases = [(Path(input_file).name, load_inputs(manifest, Path(input_file)))]
-    else:
-        cases = [(f"seed {s}", random_inputs(manifest, s)) for s in range(seeds)]
+    def cases(plan: Manifest) -> list[tuple[str, dict[str, np.ndarray]]]:
+        """The inputs for a plan (the sources of a bundle may run models with different inputs)."""
+        if input_file is not None:
+            return [(Path(input_file).name, load_inputs(plan, Path(input_file)))]
+        return [(f"seed {s}", random_inputs(plan, s)) for s in range(seeds)]
+
     plans = manifest.plans
     checks = []
     references: dict[Path, object] = {}
     for plan in plans:  # every plan against its own variant's unsplit model
         path = plan.reference_model()
         reference = references.get(path) or references.setdefault(path, make_session(str(path), plan.host.threads))
-        for case, inputs in cases:
+        for case, inputs in cases(plan):
             try:
                 expected = dict(zip(plan.outputs, reference.run(plan.outputs, inputs)))
                 got = run_bundle(plan, inputs, sessions)

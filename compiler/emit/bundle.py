@@ -49,6 +49,7 @@ class PlanEntry:
     variant: str | None = None  # None: a one-model bundle
     accuracy: float | None = None  # top-1 %, where known
     bandwidths: tuple[float, ...] = ()  # the link rates (Mbit/s) this plan was chosen for
+    host: str | None = None  # the source whose frames it runs (a cluster of several sources)
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,12 @@ def write_bundle(trunk: Trunk, plan: Plan, cluster: Cluster, out: str | Path) ->
 
 
 def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
-                deadline_ms: float | None = None, insecure: bool = False) -> BundleSummary:
+                deadline_ms: float | None = None, insecure: bool = False,
+                sharing: dict[str, Any] | None = None) -> BundleSummary:
     """Write a bundle of `entries`; the first is the default plan. Every device gets a new CURVE
-    key pair, unless `insecure` (plaintext, unauthenticated traffic)."""
+    key pair, unless `insecure` (plaintext, unauthenticated traffic). In a cluster of several
+    sources each entry names its source (`host`), the first of a source's entries is its
+    default, and `sharing` records how the sources share the helpers (`planner.sources`)."""
     out = Path(out)
     check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,7 @@ def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms, insecure)
+        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms, insecure, sharing)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -135,7 +139,8 @@ class _Artifacts:
         return self._shared[key]
 
 
-def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool):
+def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool,
+           sharing: dict[str, Any] | None):
     artifacts = _Artifacts(root)
     several = len(entries) > 1
     plans, schedules = [], []
@@ -155,6 +160,10 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
         manifest["alternatives"] = plans[1:]
     if deadline_ms is not None:
         manifest["deadline_ms"] = deadline_ms
+    if cluster.sources:
+        manifest["sources"] = {s.name: {"rate_hz": s.rate_hz, "plans": [e.id for e in entries if e.host == s.name]}
+                               for s in cluster.sources}
+        manifest["sharing"] = sharing or {}
     env = templates()
     stub_sources = _stub_sources()
     for device in cluster.devices:
@@ -164,12 +173,12 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
             "plans": len(entries),
             "version": halpc.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "steps": len(schedules[0].programs[device.name]),
+            "steps": len(schedules[0].programs.get(device.name, [])),
             "install_dir": f"/opt/halpc/{device.name}",
             "key_file": None if insecure else keys.secret_file(device.name),
         }
         artifacts.put(f"{device.name}/launch.sh", env.get_template("launch.sh.j2").render(context).encode(), True)
-        if not device.host:
+        if not (device.host or device.source):
             unit = env.get_template("halpc-stub.service.j2").render(context)
             artifacts.put(f"{device.name}/halpc-stub.service", unit.encode())
             for name, data in stub_sources.items():
@@ -212,9 +221,10 @@ def _write_keys(root: Path, cluster: Cluster) -> dict[str, str]:
 
 def _write_plan(entry: PlanEntry, cluster: Cluster, artifacts: _Artifacts, prefix: str):
     """Write one plan's strip models (and tail); its programs name the files they run."""
-    trunk, host = entry.trunk, cluster.host.name
+    trunk, host = entry.trunk, entry.host or cluster.host.name
     layout = reference_layout(trunk)
-    schedule = build_schedule(trunk, entry.plan, list(cluster.names), host)
+    names = cluster.view(host).names if entry.host else cluster.names
+    schedule = build_schedule(trunk, entry.plan, list(names), host)
     files: dict[tuple[str, str], str] = {}
     for job in schedule.jobs:
         model = strip_model(trunk, job.io, job.rows, f"{job.device}/{prefix}{job.file}", layout)
@@ -245,6 +255,7 @@ def _plan_fields(entry: PlanEntry, schedule: Schedule, files: dict[tuple[str, st
                 io_tensors.add(step["tensor"])
     shapes = _graph_io(trunk)
     return {
+        **({"host": entry.host} if entry.host else {}),
         "id": entry.id,
         "variant": entry.variant or trunk.model.path.stem,
         "accuracy": entry.accuracy,
@@ -253,6 +264,7 @@ def _plan_fields(entry: PlanEntry, schedule: Schedule, files: dict[tuple[str, st
         "plan_sha256": plan.checksum(trunk),
         "strategy": plan.strategy,
         "predicted_ms": plan.predicted.get("latency_ms"),
+        **({"wait_ms": plan.predicted["wait_ms"]} if "wait_ms" in plan.predicted else {}),
         "spatial_input": trunk.input,
         "inputs": [
             {"name": i.name, "shape": list(shapes[i.name][0]), "dtype": shapes[i.name][1]}
@@ -285,7 +297,8 @@ def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "devices": [
-            {"name": d.name, "host": d.host, "address": d.address, "threads": d.threads}
+            {"name": d.name, "host": d.host or d.source, "address": d.address, "threads": d.threads,
+             **({"source": True} if d.source else {})}
             for d in cluster.devices
         ],
         "cluster": cluster.to_dict(),

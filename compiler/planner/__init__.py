@@ -76,12 +76,19 @@ def predict(ctx: Context, plan: Plan) -> Prediction:
                     ctx.message_seconds)
 
 
+def bundle_cluster(manifest: dict) -> Cluster:
+    """The cluster of a bundle's plan as its host sees it (in a bundle of several sources, the
+    view of the plan's source)."""
+    cluster = Cluster.from_dict(manifest["cluster"])
+    return cluster.view(manifest["host"]) if "host" in manifest else cluster
+
+
 def predict_bundle(manifest: dict, rates: Mapping[str, float] | None = None,
                    cluster: Cluster | None = None) -> Prediction:
     """The cost model's timeline of a compiled bundle's programs, from its manifest alone (one
     plan's view of it). `rates` (Mbit/s of each named device's link, e.g. measured) replace the
     cluster file's bandwidths where given."""
-    cluster = cluster or Cluster.from_dict(manifest["cluster"])
+    cluster = cluster or bundle_cluster(manifest)
     cost = manifest["cost"]
 
     def compute_seconds(device: str, step: dict) -> float:
