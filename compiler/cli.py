@@ -7,7 +7,7 @@ import time
 import click
 
 from halpc.adapt import POLICIES
-from halpc.strategies import STRATEGIES
+from halpc.strategies import SOURCE_STRATEGIES, STRATEGIES
 from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
 
@@ -71,8 +71,9 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Bundle folder to write (replaced if it is an old bundle).")
 @click.option("--strategy", default="best", show_default=True,
-              type=click.Choice(("best", *STRATEGIES)),
-              help="How to plan the split; best = the lowest predicted latency.")
+              type=click.Choice(("best", *STRATEGIES, *SOURCE_STRATEGIES)),
+              help="How to plan the split; best = the lowest predicted latency (for a cluster of "
+                   "several sources: matching, the sources sharing the helpers by a matching game).")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
               help="Compile this plan JSON (e.g. a hand-edited plan.json) instead of planning.")
 @click.option("--bandwidths", metavar="MBPS,...",
@@ -114,26 +115,53 @@ def compile(model: str | None, cluster_file: str, output: str, strategy: str, pl
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
               help="TOML file describing the devices and links.")
 @click.option("--strategy", default="all", show_default=True,
-              type=click.Choice(("all", *STRATEGIES)), help="Strategy to plan, or all of them.")
+              type=click.Choice(("all", *STRATEGIES, *SOURCE_STRATEGIES, "alone", "selfish", "greedy", "random")),
+              help="Strategy to plan, or all of them (for a cluster of several sources: matching, alone, "
+                   "selfish, greedy or random).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plans as JSON.")
 @click.option("--report", type=click.Path(dir_okay=False),
-              help="Write an HTML page with each plan's predicted timeline.")
+              help="Write an HTML page with each plan's predicted timeline (for a cluster of sources: "
+                   "each strategy's latency per source and the matching's assignment).")
+@click.option("--horizon-s", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Only for a cluster of several sources: seconds of frames to simulate.")
+@click.option("--arrivals", default="periodic", show_default=True, type=click.Choice(("periodic", "poisson")),
+              help="Only for a cluster of several sources: frames every 1/rate_hz (with jitter) or at random.")
 @_input_shape
-def plan(model: str, cluster_file: str, strategy: str, as_json: bool, report: str | None,
-         input_shapes: tuple[str, ...]) -> None:
-    """Compare planning strategies: predicted latency, speedup over local, blocks and shares."""
+def plan(model: str | None, cluster_file: str, strategy: str, as_json: bool, report: str | None,
+         horizon_s: float, arrivals: str, input_shapes: tuple[str, ...]) -> None:
+    """Compare planning strategies: predicted latency, speedup over local, blocks and shares; for a
+    cluster of several sources (MODEL left out), how they share the helpers: latency per source."""
     import json
 
     from halpc.cluster import load_cluster
+    from halpc.model import parse_input_shapes
+
+    cluster = load_cluster(cluster_file)
+    if cluster.sources:
+        from halpc.sharing import plan_sharing, sharing_json, sources_table, write_sources_report
+
+        if model is not None:
+            raise click.UsageError(f"{cluster_file} names each source's model; leave out MODEL")
+        rows, planned = plan_sharing(cluster, parse_input_shapes(input_shapes), strategy, horizon_s, arrivals)
+        if report:
+            write_sources_report(report, f"halpc plan: {len(cluster.sources)} sources sharing helpers", rows, planned,
+                                 f"{cluster_file} · {horizon_s:g} s of {arrivals} frames")
+        click.echo(json.dumps(sharing_json(rows, planned), indent=1) if as_json else sources_table(rows, planned))
+        return
+    if model is None:
+        raise click.UsageError("give a MODEL (or mark the cluster's cameras source = true, each with model and rate_hz)")
+    if strategy not in ("all", *STRATEGIES):
+        raise click.UsageError(f"--strategy {strategy} shares helpers among several sources; {cluster_file} has "
+                               "one host (mark the cameras source = true, each with model and rate_hz)")
     from halpc.planner import compare, context
     from halpc.report import plans_json, plans_table
 
     trunk = _load(model, input_shapes)
-    ctx = context(trunk, load_cluster(cluster_file))
+    ctx = context(trunk, cluster)
     names = None if strategy == "all" else tuple(dict.fromkeys(("local", strategy)))
     if strategy == "all" and len(trunk.cuts) <= 8:
         names = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
@@ -194,10 +222,18 @@ def verify(bundle: str, input_file: str | None, seeds: int) -> None:
 @click.option("--deadline-ms", type=click.FloatRange(0, min_open=True),
               help="Per-task deadline (default: the one compiled into the bundle).")
 @click.option("--period-ms", type=click.FloatRange(0, min_open=True),
-              help="Start task k no earlier than k periods after the first (a camera's frame rate).")
+              help="Start task k no earlier than k periods after the first (a camera's frame rate; "
+                   "default for a source of a bundle of several: its rate).")
+@click.option("--source", metavar="NAME",
+              help="In a bundle of several sources (cameras): run as this one, with its plans (with "
+                   "--spawn and no --source: every source at once on this machine).")
+@click.option("--barrier", hidden=True, metavar="DIR,N",
+              help="Start the first timed task once N runs have written their name into DIR (runs of "
+                   "several sources started together by `halpc run --spawn`).")
 def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int, in_flight: int,
         check: bool, spawn: bool, as_json: bool, report: str | None, warmup: int, timeout: float,
-        bind: str | None, policy: str | None, deadline_ms: float | None, period_ms: float | None) -> None:
+        bind: str | None, policy: str | None, deadline_ms: float | None, period_ms: float | None,
+        source: str | None, barrier: str | None) -> None:
     """Run BUNDLE from the host, its devices' stubs serving; print latency and throughput."""
     import json
 
@@ -207,9 +243,21 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
     from halpc_stub import keys
     from halpc_stub.manifest import load_manifest
 
-    manifest = load_manifest(bundle)
+    whole = load_manifest(bundle)
+    if whole.sources and source is None and spawn:  # every source at once, on this machine
+        from halpc.report import sources_run_table
+        from halpc.run import run_sources
+
+        summaries = run_sources(bundle, tasks, check=check, in_flight=in_flight, warmup=warmup, timeout_s=timeout)
+        click.echo(json.dumps(summaries) if as_json else sources_run_table(whole, summaries))
+        if any(s["exact"] is False for s in summaries.values()):
+            sys.exit(1)
+        return
+    manifest = whole.for_source(source)  # what this host runs: one source's plans
     if keys.insecure(manifest):
         click.echo(f"halpc: {keys.INSECURE_WARNING}", err=True)
+    if period_ms is None and whole.sources:  # frames come at the source's rate
+        period_ms = 1000 / whole.data["sources"][manifest.host.name]["rate_hz"]
     if input_file is not None:
         inputs = [load_inputs(manifest, input_file)] * tasks
     else:
@@ -221,7 +269,8 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
     summary = run_bundle(bundle, inputs, in_flight, check, local_popen if spawn else None, timeout, bind,
                          stub_stdout=sys.stderr if as_json else None, warmup=warmup, policy=policy,
                          deadline_s=deadline_ms / 1e3 if deadline_ms else None,
-                         period_s=period_ms / 1e3 if period_ms else None)
+                         period_s=period_ms / 1e3 if period_ms else None, source=source,
+                         on_start=(lambda: meet(barrier, manifest.host.name)) if barrier else None)
     if output_file is not None:
         save_outputs(output_file, summary.results[-1].outputs)
     if report is not None:
@@ -234,6 +283,17 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
         click.echo(run_table(manifest, summary, in_flight))
     if summary.checks and not summary.exact:
         sys.exit(1)
+
+
+def meet(barrier: str, name: str, timeout_s: float = 120.0) -> None:
+    """Say `name` is ready in the barrier folder, then wait for the others (at most `timeout_s`)."""
+    from pathlib import Path
+
+    folder, _, count = barrier.rpartition(",")
+    Path(folder, name).touch()
+    deadline = time.time() + timeout_s
+    while len(list(Path(folder).iterdir())) < int(count) and time.time() < deadline:
+        time.sleep(0.005)
 
 
 def default_policy(manifest, deadline_ms: float | None) -> str | None:
@@ -265,9 +325,10 @@ def save_outputs(path: str, outputs: dict) -> None:
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--trace", "trace_spec", required=True, metavar="CSV|ge:...",
+@click.option("--trace", "trace_spec", required=False, metavar="CSV|ge:...",
               help="Bandwidth trace: a CSV of time_s and Mbit/s (one mbps column, or one per device), "
-                   "or a Gilbert-Elliott channel, e.g. ge:good=100,bad=10,p=0.1,r=0.3,step=1,duration=60,seed=0.")
+                   "or a Gilbert-Elliott channel, e.g. ge:good=100,bad=10,p=0.1,r=0.3,step=1,duration=60,seed=0. "
+                   "Required, except for a bundle of several sources.")
 @click.option("--deadline-ms", type=click.FloatRange(0, min_open=True),
               help="Per-task deadline (default: the one compiled into the bundle).")
 @click.option("--period-ms", type=click.FloatRange(0, min_open=True),
@@ -278,9 +339,15 @@ def save_outputs(path: str, outputs: dict) -> None:
 @click.option("--save-trace", type=click.Path(dir_okay=False),
               help="Also write the trace as CSV (e.g. a generated one, to replay it on real links).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def simulate(bundle: str, trace_spec: str, deadline_ms: float | None, period_ms: float | None,
-             tasks: int | None, report: str | None, save_trace: str | None, as_json: bool) -> None:
-    """Replay a bandwidth trace through BUNDLE's cost model: reliability, latency, accuracy per policy."""
+@click.option("--horizon-s", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Only for a bundle of several sources: seconds of frames to simulate.")
+@click.option("--arrivals", default="periodic", show_default=True, type=click.Choice(("periodic", "poisson")),
+              help="Only for a bundle of several sources: frames every 1/rate_hz (with jitter) or at random.")
+def simulate(bundle: str, trace_spec: str | None, deadline_ms: float | None, period_ms: float | None,
+             tasks: int | None, report: str | None, save_trace: str | None, as_json: bool, horizon_s: float,
+             arrivals: str) -> None:
+    """Replay a bandwidth trace through BUNDLE's cost model: reliability, latency, accuracy per policy.
+    For a bundle of several sources: their frames over its own partitions, per sharing strategy."""
     import json
 
     from halpc.simulate import simulate_bundle, summary_table, write_simulation_report
@@ -288,6 +355,25 @@ def simulate(bundle: str, trace_spec: str, deadline_ms: float | None, period_ms:
     from halpc_stub.manifest import load_manifest
 
     manifest = load_manifest(bundle)
+    if "sources" in manifest.data:
+        from halpc.sharing import sharing_json, simulate_sharing, sources_table, write_sources_report
+
+        if trace_spec or deadline_ms or period_ms or tasks or save_trace:
+            raise click.UsageError("a bundle of several sources simulates their frames over --horizon-s; leave "
+                                   "out --trace, --deadline-ms, --period-ms, --tasks and --save-trace")
+        rows, planned = simulate_sharing(manifest.data, horizon_s, arrivals, f"{bundle}/manifest.json")
+        if report:
+            write_sources_report(report, f"halpc simulate: {manifest.root.name}", rows, planned,
+                                 f"the bundle's own partitions · {horizon_s:g} s of {arrivals} frames")
+        if as_json:
+            click.echo(json.dumps(sharing_json(rows, planned), indent=1))
+            return
+        click.echo(sources_table(rows, planned))
+        click.echo(f"note: every strategy assigns the bundle's own partitions (cut for its "
+                   f"{manifest.data['sharing'].get('strategy')} plan); `halpc plan` cuts anew for each strategy")
+        return
+    if trace_spec is None:
+        raise click.UsageError("give --trace (a CSV or ge:...): the bundle has one host")
     deadline_ms = deadline_ms or manifest.data.get("deadline_ms")
     if not deadline_ms:
         raise click.UsageError("give --deadline-ms (the bundle was compiled without one)")

@@ -205,6 +205,22 @@ class NetLab:
         finally:
             limit.parent.write_text(str(os.getpid()))
 
+    def gmacs(self, device: str, model: str | os.PathLike[str], threads: int = 1) -> float:
+        """GMAC/s of `model` run here with `threads` threads under `device`'s CPU share: what
+        to write in the cluster file for the emulated board (median of 5 runs after one)."""
+        import numpy as np
+
+        from halpc.model import load_model
+        from halpc.profile import median_run_seconds
+        from halpc.trunk import analyse
+        from halpc_stub.session import make_session
+
+        session = make_session(str(model), threads)
+        feeds = {i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs()}
+        with self.limit_host(device):
+            seconds = median_run_seconds(session, feeds, repeat=5)
+        return analyse(load_model(model)).macs / seconds / 1e9
+
     def set_rate(self, device: str, mbps: float) -> None:
         """Shape the device's link to ``mbps`` in both directions, live."""
         if not mbps > 0:

@@ -8,7 +8,9 @@ timeline beside the cost model's.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from halpc.planner import predict_bundle
 from halpc.planner.cost import Event, Prediction
 from halpc.verify import OutputCheck, compare_output
 from halpc_stub.host import Fault, HostSession, TaskResult
-from halpc_stub.manifest import Manifest
+from halpc_stub.manifest import Manifest, load_manifest
 from halpc_stub.session import make_session
 
 Popen = Callable[..., subprocess.Popen]
@@ -70,7 +72,9 @@ class Stubs:
 @contextlib.contextmanager
 def spawn_stubs(bundle: str | Path, manifest: Manifest, popen: Popen = local_popen,
                 stdout: Any = None) -> Iterator[Stubs]:
-    """Start every device's stub with its own launch.sh, as on a board; stop them all on exit."""
+    """Start every device's stub with its own launch.sh, as on a board; stop them all on exit.
+    (Of a source's view of a bundle of several sources: the helpers of its plans, not the
+    other sources, which are hosts.)"""
     stubs = Stubs(manifest, popen, stdout)
     try:
         for device in manifest.workers:
@@ -161,6 +165,8 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         origin = self.started
         return {
+            "started": self.started,  # epoch seconds: runs of several sources can be lined up
+            "ended": self.ended,
             "latency_ms": self.latency_s * 1e3,
             "latency_ms_per_task": [round(x * 1e3, 3) for x in self.latencies_s],
             "throughput_per_s": self.throughput,
@@ -205,13 +211,15 @@ def run(
     deadline_s: float | None = None,
     period_s: float | None = None,
     on_start: Callable[[], None] | None = None,
+    source: str | None = None,
 ) -> RunSummary:
     """Run one task per input, after `warmup` untimed tasks of every plan; `check` also runs
     the unsplit model(s) on the host and compares. Tasks are numbered from 0 in `results`
     order. With a `policy` (`adapt.POLICIES`) a `Controller` picks each task's plan; with
     `period_s` task k starts no earlier than k periods after the first (frames from a
-    camera). `on_start` is called just before the first timed task."""
-    host = HostSession(bundle, bind=bind, timeout_s=timeout_s)
+    camera). `on_start` is called just before the first timed task. In a bundle of several
+    sources the host runs as `source`, with that source's plans."""
+    host = HostSession(bundle, bind=bind, timeout_s=timeout_s, source=source)
     with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout) if spawn
                 else contextlib.nullcontext()) as stubs:
         controller = Controller(host, policy, deadline_s) if policy else None  # checks the policy fits
@@ -240,6 +248,40 @@ def run(
     if check:
         summary.checks = _check(host.manifest, inputs, results)
     return summary
+
+
+def run_sources(bundle: str | Path, tasks: int, popen: Popen = local_popen, *, check: bool = True,
+                in_flight: int = 1, warmup: int = 1, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
+    """Every source of a bundle of several sources at once, on this machine (or the netns lab,
+    by `popen`): the helpers' stubs, and per source a `halpc run --source NAME --json` process
+    streaming `tasks` frames at its rate, the first timed frames of all starting together (after
+    every source has connected and warmed up). Returns each source's `RunSummary.to_json()`."""
+    manifest = load_manifest(bundle)
+    if not manifest.sources:
+        raise HalpcError(f"{bundle}: serves one host, not several sources; run it without --source")
+    argv = [sys.executable, "-m", "halpc.cli", "run", str(bundle), "--json", "--tasks", str(tasks),
+            "--in-flight", str(in_flight), "--warmup", str(warmup), "--timeout", str(timeout_s)]
+    barrier = tempfile.mkdtemp(prefix="halpc-sources-")  # the sources' first timed frames start together
+    with spawn_stubs(bundle, manifest, popen, subprocess.DEVNULL) as stubs:
+        procs = {s: popen(s, [*argv, "--source", s, "--barrier", f"{barrier},{len(manifest.sources)}",
+                              *(["--check"] if check else [])],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in manifest.sources}
+        summaries = {}
+        try:
+            for source, proc in procs.items():
+                stdout, stderr = proc.communicate()
+                stubs.check()
+                if proc.returncode not in (0, 1) or not stdout.strip():  # 1: ran, outputs not exact
+                    last = (stderr.strip().splitlines() or ["no output"])[-1]
+                    raise HalpcError(f"source {source}: halpc run failed ({last})")
+                summaries[source] = json.loads(stdout)
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            shutil.rmtree(barrier, ignore_errors=True)
+    return summaries
 
 
 def _paced(inputs: list[dict[str, np.ndarray]], started: float, period_s: float):

@@ -2,7 +2,8 @@
 
 It checks the manifest, the sha256 of this device's files and its secret key, opens one ONNX
 Runtime session per subgraph, then listens on the device's address and runs its part of every
-task the host sends. `--check` stops after the checks. SIGTERM or Ctrl-C stops it cleanly.
+task the host sends (in a bundle of several sources: every source's that has work here).
+`--check` stops after the checks. SIGTERM or Ctrl-C stops it cleanly.
 """
 from __future__ import annotations
 
@@ -48,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.append(True))
-    print(f"halpc-stub: {device.name}: listening on {node.endpoint}, plan {node.plan[:12]}", flush=True)
+    hosts = f", serving {', '.join(node.hosts)}" if len(node.hosts) > 1 else ""
+    print(f"halpc-stub: {device.name}: listening on {node.endpoint}, plan {node.plan[:12]}{hosts}", flush=True)
     try:
         node.serve(lambda: bool(stop))
     finally:
         node.close()
-    print(f"halpc-stub: {device.name}: stopped after {node.served} tasks, "
+    print(f"halpc-stub: {device.name}: stopped after {node.served_line()}, "
           f"{node.rejected} messages rejected", flush=True)
     return 0
 

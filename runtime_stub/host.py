@@ -17,6 +17,9 @@ once. Every task in flight that uses a device marked down is recomputed likewise
 devices, or the unsplit model. A device marked down is pinged every REPING_S and is back in use
 once it answers with the bundle's plan.
 
+In a bundle of several sources (cameras) each source is the host of its own plans: a
+`HostSession` runs as one of them (`source`), and the devices serve every source's tasks.
+
     with HostSession("bundle/") as host:
         outputs = host.run({"input": x})
         for result in host.stream(frames, in_flight=2):
@@ -125,8 +128,9 @@ class _HostNode(Node):
 
 class HostSession:
     def __init__(self, bundle: str | Path, bind: str | None = None, timeout_s: float = 30.0,
-                 check_files: bool = True) -> None:
-        self.manifest = load_manifest(bundle)
+                 check_files: bool = True, source: str | None = None) -> None:
+        # The bundle as this source sees it (its plans only); the bundle itself for one source.
+        self.manifest = load_manifest(bundle).for_source(source)
         host = self.manifest.host
         if check_files:
             self.manifest.check_files(host.name)
@@ -276,13 +280,17 @@ class HostSession:
         return {d for d in self.workers if plan.manifest.program(d)}
 
     def expected_s(self, plan: PlanRun) -> float:
-        """What a task of `plan` takes: its predicted latency, or the recent measured median
-        when that is longer (a slower machine than profiled); `timeout_s` when neither is known."""
-        predicted = plan.manifest.data.get("predicted_ms")
+        """What a task of `plan` takes: its predicted latency (plus, in a bundle of several
+        sources, the longest it may queue on a helper behind the other sources' frames), or the
+        recent measured median when that is longer (a slower machine than profiled);
+        `timeout_s` when neither is known."""
+        data = plan.manifest.data
+        predicted = data.get("predicted_ms")
         recent = sorted(self._times.get(plan.id, ()))
         if predicted is None and not recent:
             return self.timeout_s
-        return max((predicted or 0.0) / 1000, recent[len(recent) // 2] if recent else 0.0)
+        return max(((predicted or 0.0) + (data.get("wait_ms") or 0.0)) / 1000,
+                   recent[len(recent) // 2] if recent else 0.0)
 
     def bound_s(self, plan: PlanRun) -> float:
         """How long a task of `plan` may wait for a device before the host gives up on it."""
@@ -317,11 +325,9 @@ class HostSession:
         now = time.time()
         self._readmit(now)
         front = active[0] if active else None
-        if not isinstance(front, Task) or front.waiting is None:
-            return
+        if not isinstance(front, Task) or front.runnable:
+            return  # not waiting, or its rows came: the next advance() takes them
         step = front.waiting
-        if (step["from"], step["tensor"], tuple(step["rows"])) in front.inbox:
-            return  # it came; the next advance() takes it
         waited, bound = now - max(front.progressed, front_since), self.bound_s(front.plan)
         if waited <= bound:
             return

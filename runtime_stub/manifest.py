@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,15 @@ class DeviceEntry:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A bundle's manifest, or a view of part of it: one plan (`plans`), one source (`for_source`).
+
+    A bundle of several sources (cameras) has a host device per source, `sources` naming each
+    one's plans, and a `host` in every plan: the source that holds its input and output."""
+
     root: Path
     data: dict[str, Any]
+    # A source's view: the checksum of the whole bundle, which its devices answer pings with.
+    bundle_checksum: str | None = field(default=None, repr=False)
 
     @property
     def devices(self) -> list[DeviceEntry]:
@@ -35,7 +43,32 @@ class Manifest:
 
     @property
     def host(self) -> DeviceEntry:
-        return next(d for d in self.devices if d.host)
+        """The plan's source when it names one (a bundle of several sources), else the host."""
+        name = self.data.get("host")
+        return next(d for d in self.devices if (d.name == name if name is not None else d.host))
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources of a bundle of several, in file order; [] for a one-source bundle."""
+        return list(self.data.get("sources", {}))
+
+    def for_source(self, name: str | None) -> Manifest:
+        """The bundle as source `name` sees it: only its plans, its default first, as a
+        one-source bundle (the whole one itself when it has one source)."""
+        sources = self.data.get("sources", {})
+        if not sources and name in (None, self.host.name):
+            return self
+        if name is None and len(sources) == 1:
+            (name,) = sources
+        if name is None:
+            raise BundleError(f"{self.root} serves several sources ({', '.join(sources)}); give --source NAME")
+        if name not in sources:
+            raise BundleError(f"{self.root / MANIFEST}: no source {name!r} in this bundle "
+                              f"({', '.join(sources) or self.host.name})")
+        plans = [{k: v for k, v in self.plan(i).data.items() if k not in ("alternatives", "sources")}
+                 for i in sources[name]["plans"]]
+        data = {**plans[0], "alternatives": plans[1:]} if len(plans) > 1 else plans[0]
+        return Manifest(self.root, data, self.checksum)
 
     def device(self, name: str) -> DeviceEntry:
         for d in self.devices:
@@ -61,7 +94,8 @@ class Manifest:
 
     @property
     def workers(self) -> list[str]:
-        """The devices other than the host that have work in any plan: those that run a stub."""
+        """The devices other than the hosts (sources) that have work in any plan: those that
+        run a stub."""
         return [d.name for d in self.devices if not d.host and any(p.program(d.name) for p in self.plans)]
 
     @property
@@ -83,7 +117,10 @@ class Manifest:
 
     @property
     def checksum(self) -> str:
-        """The plan checksum, or for a bundle of several plans one over all of them."""
+        """The plan checksum, or for a bundle of several plans one over all of them (for a
+        source's view: over every plan of the whole bundle)."""
+        if self.bundle_checksum is not None:
+            return self.bundle_checksum
         plans = self.plans
         if len(plans) == 1:
             return self.data["plan_sha256"]
@@ -160,8 +197,19 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         for d in devices
     ):
         raise bad("devices", "must list objects with name, host, address and threads")
-    if sum(d["host"] for d in devices) != 1:
-        raise bad("devices", "must have exactly one host")
+    hosts = [d["name"] for d in devices if d["host"]]
+    sources = data.get("sources")
+    if sources is None and len(hosts) != 1:
+        raise bad("devices", "must have exactly one host (several only with a 'sources' object naming them)")
+    if sources is not None and not (
+        isinstance(sources, dict) and sorted(sources) == sorted(hosts) and all(
+            isinstance(s, dict) and type(s.get("rate_hz")) in (int, float) and math.isfinite(s["rate_hz"])
+            and s["rate_hz"] > 0 and isinstance(s.get("plans"), list) and s["plans"]
+            and all(isinstance(p, str) for p in s["plans"])
+            for s in sources.values())
+    ):
+        raise bad("sources", f"must give each host device ({', '.join(hosts)}) a positive rate_hz and "
+                             "a list of its plan ids")
     if not isinstance(data["artifacts"], dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data["artifacts"].items()
     ):
@@ -214,7 +262,13 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
                     and (op == "tail" or all(is_rows(r) for r in [*step["inputs"].values(), *step["outputs"].values()])))
         return op == "output" and isinstance(step.get("tensors"), list) and all(isinstance(t, str) for t in step["tensors"])
 
+    source_of = {}  # plan id -> its source
     for at, plan in [("", data), *((f"alternatives[{i}].", a) for i, a in enumerate(alternatives))]:
+        if sources is not None or "host" in plan:
+            if plan.get("host") not in hosts:
+                raise bad(f"{at}host", f"must name the source that holds the plan's input and output "
+                                       f"(one of {', '.join(hosts)})")
+        source_of[plan.get("id", "default")] = plan.get("host", hosts[0])
         tensors = plan["tensors"]
         if not all(isinstance(t, dict) and is_dims(t.get("shape")) and is_dtype(t.get("dtype"))
                    and type(t.get("row_axis")) is int and 0 <= t["row_axis"] < len(t["shape"])
@@ -234,6 +288,11 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         for device, program in plan["programs"].items():
             if device not in names:
                 raise bad(f"{at}programs.{device}", "is not a device of the bundle")
+            if program and device in hosts and device != source_of[plan.get("id", "default")]:
+                raise bad(f"{at}programs.{device}", "is another source's: a plan runs on its source and helpers")
             for s, step in enumerate(program):
                 if not is_step(step, device, tensors):
                     raise bad(f"{at}programs.{device}[{s}]", "is not a well-formed step (send, recv, run, tail or output)")
+    for name, source in (sources or {}).items():
+        if any(source_of.get(p) != name for p in source["plans"]):
+            raise bad(f"sources.{name}.plans", f"must name plans of {name} (plans: {', '.join(source_of)})")

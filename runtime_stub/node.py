@@ -4,13 +4,15 @@ Every device, the host included, listens on one ZeroMQ PULL socket at its manife
 pushes to its peers through one PUSH socket each. Sends never block (no high-water mark) and the
 ZeroMQ I/O thread moves bytes while ONNX Runtime computes, so one task's transfers overlap
 another's compute. Each task is a `run_program` generator with its own row store and inbox;
-`advance()` runs every task until it waits for rows, `receive()` files arriving rows into their
-task's inbox. Messages are checked against the manifest first (`wire.Inbound`); a bad one is
-logged with its reason and dropped, and never stops the device.
+`advance()` runs every task that can go on until it waits for rows (the tasks of several sources
+in turns), `receive()` files arriving rows into their task's inbox. Messages are checked against
+the manifest first (`wire.Inbound`); a bad one is logged with its reason and dropped, and never
+stops the device.
 """
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -69,6 +71,7 @@ class PlanRun:
     specs: dict[str, TensorSpec]
     inbound: wire.Inbound
     manifest: Manifest
+    source: str  # the host that holds the plan's input and output
 
 
 @dataclass
@@ -84,6 +87,16 @@ class Task:
     runner: Iterator[None] | None = None
     finished: float | None = None
     note: str | None = None  # the host's: why it runs another plan than the one chosen
+
+    @property
+    def source(self) -> str:
+        return self.plan.source
+
+    @property
+    def runnable(self) -> bool:
+        """Not run yet, or the rows of the recv it is blocked in have come."""
+        step = self.waiting
+        return step is None or (step["from"], step["tensor"], tuple(step["rows"])) in self.inbox
 
     def trace(self, kind: str, start: float, end: float, label: str, peer: str | None, nbytes: int = 0) -> None:
         self.events.append([kind, start, end, label, peer, nbytes])
@@ -127,7 +140,7 @@ class Node:
             program, specs = view.program(device), view.tensors
             checksum = view.data["plan_sha256"]
             self.plans[checksum] = PlanRun(view.id, checksum, program, specs,
-                                           wire.Inbound(checksum, program, specs), view)
+                                           wire.Inbound(checksum, program, specs), view, view.host.name)
         self.default = next(iter(self.plans.values()))
         self.session = session
         self.addresses = {d.name: d.address for d in manifest.devices}
@@ -158,6 +171,8 @@ class Node:
         self.finished: OrderedDict[TaskKey, None] = OrderedDict()
         self.rejected = 0
         self.received = 0
+        self.turns: dict[str, int] = {}  # source -> when (in services) one of its tasks last ran
+        self._services = itertools.count()
 
     # --- sockets -------------------------------------------------------------------------------
 
@@ -226,14 +241,26 @@ class Node:
         return task
 
     def advance(self) -> list[Task]:
-        """Run every task, oldest first, until it waits for rows; return those that finished."""
+        """Run every task that can go on until it waits for rows; return those that finished.
+
+        The sources take turns, one task each per round, oldest first within a source; the
+        source served longest ago goes first, so the one served last goes last next time. With
+        one source: oldest first."""
+        queues: dict[str, list[Task]] = {}
+        for task in self.tasks.values():
+            if task.runnable:
+                queues.setdefault(task.source, []).append(task)
+        order = sorted(queues, key=lambda source: self.turns.get(source, -1))
         done = []
-        for key, task in list(self.tasks.items()):
+        for task in itertools.chain.from_iterable(itertools.zip_longest(*(queues[s] for s in order))):
+            if task is None:
+                continue
+            self.turns[task.source] = next(self._services)
             try:
                 next(task.runner)  # type: ignore[arg-type]
             except StopIteration:
                 task.finished = time.time()
-                self.forget(key)
+                self.forget(task.key)
                 done.append(task)
         return done
 
