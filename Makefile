@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: setup system-deps demo demo-adaptive test test-fast bench clean
+.PHONY: setup system-deps demo demo-adaptive demo-sources test test-fast bench clean
 
 $(BIN)/halpc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,20 @@ demo-adaptive: setup
 		--report $(ADAPT)/simulate.html
 	$(BIN)/halpc run $(ADAPT)/bundle --spawn --check --tasks 12 --in-flight 1 --period-ms 40
 
+# Two cameras sharing two helpers: compare the matching with its baselines, compile one bundle for
+# all four devices, prove both cameras' plans exact, simulate them, and run both streams at once.
+SOURCES := build/sources
+demo-sources: setup
+	mkdir -p $(SOURCES)
+	$(BIN)/python examples/models.py mobilenet_v1_100 --size 128 -o $(SOURCES)/mobilenet_v1_100.onnx
+	$(BIN)/python examples/models.py resnet18 --size 128 -o $(SOURCES)/resnet18.onnx
+	cp examples/cluster_sources.toml $(SOURCES)/cluster.toml
+	$(BIN)/halpc plan --cluster $(SOURCES)/cluster.toml --report $(SOURCES)/plan.html
+	$(BIN)/halpc compile --cluster $(SOURCES)/cluster.toml -o $(SOURCES)/bundle
+	$(BIN)/halpc verify $(SOURCES)/bundle
+	$(BIN)/halpc simulate $(SOURCES)/bundle --report $(SOURCES)/simulate.html
+	$(BIN)/halpc run $(SOURCES)/bundle --spawn --check --tasks 20
+
 # Everything, slow tests included (what CI runs).
 test: setup system-deps
 	$(BIN)/python -m pytest -q --durations=15
@@ -67,6 +81,7 @@ bench: setup
 	$(BIN)/python benchmarks/cost_vs_measured.py
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/adaptive.py
+	$(BIN)/python benchmarks/sources.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
