@@ -254,15 +254,16 @@ def run_table(manifest, summary, in_flight: int) -> str:
 def sources_run_table(manifest, summaries: dict[str, dict]) -> str:
     """`halpc run` of every source at once: per source its frames' latency beside the plan's
     prediction with the other sources' load (`shared_ms`), and the bit-exact check."""
+    from halpc.planner.matching import nearest_rank
+
     sharing = manifest.data.get("sharing", {}).get("sources", {})
     rows = []
     for source, s in summaries.items():
-        lat = sorted(s["latency_ms_per_task"])
-        p95 = lat[max(0, -(-95 * len(lat) // 100) - 1)]
+        lat = s["latency_ms_per_task"]
         predicted = sharing.get(source, {}).get("predicted_ms")
         exact = {None: "-", True: "yes", False: "NO"}[s["exact"]]
         rows.append((source, f"{manifest.data['sources'][source]['rate_hz']:g}", len(lat),
-                     f"{statistics.mean(lat):.1f}", f"{lat[(len(lat) - 1) // 2]:.1f}", f"{p95:.1f}",
+                     f"{statistics.mean(lat):.1f}", f"{nearest_rank(lat, 50):.1f}", f"{nearest_rank(lat, 95):.1f}",
                      "-" if predicted is None else f"{predicted:.1f}", exact))
     start = max(s["started"] for s in summaries.values())
     end = min(s["ended"] for s in summaries.values())

@@ -264,6 +264,8 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
 
     source_of = {}  # plan id -> its source
     for at, plan in [("", data), *((f"alternatives[{i}].", a) for i, a in enumerate(alternatives))]:
+        if not isinstance(plan.get("id", "default"), str):
+            raise bad(f"{at}id", "must be the plan's name, a string")
         if sources is not None or "host" in plan:
             if plan.get("host") not in hosts:
                 raise bad(f"{at}host", f"must name the source that holds the plan's input and output "

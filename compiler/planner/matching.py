@@ -785,6 +785,13 @@ class SourceStats:
     max_s: float
 
 
+def nearest_rank(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0 < q <= 100) by nearest rank: the smallest value that at least q%
+    of `values` do not exceed (one of the values, unlike an interpolated percentile)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
 def release_times(source: Source, horizon_s: float, rng: _random.Random, arrivals: str = "periodic",
                   jitter: float = 0.1) -> list[float]:
     """When `source` releases its frames in [0, horizon_s).
@@ -864,8 +871,7 @@ def simulate(assignment: Mapping[Key, str], sources: Sequence[Source], nodes: Se
         if not lat:
             stats[s.name] = SourceStats(0, math.nan, math.nan, math.nan)
             continue
-        p95 = lat[max(0, math.ceil(0.95 * len(lat)) - 1)]
-        stats[s.name] = SourceStats(len(lat), sum(lat) / len(lat), p95, lat[-1])
+        stats[s.name] = SourceStats(len(lat), sum(lat) / len(lat), nearest_rank(lat, 95), lat[-1])
     return stats
 
 
