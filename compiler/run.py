@@ -234,9 +234,9 @@ def run(
         if on_start:
             on_start()
         started = time.time()
-        paced = _paced(inputs, started, period_s) if period_s else inputs
         results = []
-        for result in host.stream(paced, in_flight=in_flight, choose=controller.choose if controller else None):
+        for result in host.stream(inputs, in_flight=in_flight, choose=controller.choose if controller else None,
+                                  period_s=period_s):
             if controller:
                 controller.finished()
             results.append(result)
@@ -282,12 +282,6 @@ def run_sources(bundle: str | Path, tasks: int, popen: Popen = local_popen, *, c
                     proc.wait()
             shutil.rmtree(barrier, ignore_errors=True)
     return summaries
-
-
-def _paced(inputs: list[dict[str, np.ndarray]], started: float, period_s: float):
-    for k, arrays in enumerate(inputs):
-        time.sleep(max(0.0, started + k * period_s - time.time()))
-        yield arrays
 
 
 def _reference_times(manifest: Manifest, inputs: list[dict[str, np.ndarray]]) -> list[float]:

@@ -231,13 +231,15 @@ class HostSession:
         return result.outputs
 
     def stream(self, inputs: Iterable[dict[str, np.ndarray]], in_flight: int = 2,
-               choose: Callable[[int], str] | None = None) -> Iterator[TaskResult]:
+               choose: Callable[[int], str] | None = None,
+               period_s: float | None = None) -> Iterator[TaskResult]:
         """Results in input order, with up to `in_flight` tasks running at once.
 
         `choose(task)` names the plan each task runs (default: the bundle's default plan); a
         task runs under one plan from start to end. A result is yielded as soon as the task
         is done, before the next one starts; the devices' timelines are merged into it as
-        they arrive."""
+        they arrive. With `period_s` the k-th input starts no earlier than k periods after
+        the first (a camera's frames); the tasks in flight go on meanwhile."""
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         if not self.connected:
@@ -249,8 +251,12 @@ class HostSession:
         unmerged: list[TaskResult] = []
         exhausted = False
         front_since = time.time()  # when active[0] came to the front
+        first, origin = self.next_task, time.time()
         while True:
             while not exhausted and len(active) < in_flight:
+                due = origin + (self.next_task - first) * (period_s or 0.0)
+                if time.time() < due:
+                    break  # the next frame is not there yet
                 arrays = next(pending, None)
                 if arrays is None:
                     exhausted = True
@@ -259,7 +265,7 @@ class HostSession:
                 held[self.next_task] = arrays
                 active.append(self._start(self.next_task, chosen, arrays))
                 self.next_task += 1
-            if not active:
+            if not active and exhausted:
                 break
             node.advance()
             while active and (isinstance(active[0], TaskResult) or active[0].finished is not None):
@@ -270,7 +276,8 @@ class HostSession:
                 yield result
                 front_since = time.time()
             unmerged = self._merge_traces(unmerged)
-            node.receive(timeout_ms=10 if active else 0)
+            wait_ms = 10 if active else (0 if exhausted else max(0, min(10, int((due - time.time()) * 1e3))))
+            node.receive(timeout_ms=wait_ms)
             self._watch(active, held, front_since)
         self._merge_traces(unmerged, timeout_s=2.0)
 

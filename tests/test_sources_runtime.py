@@ -287,6 +287,9 @@ def test_two_sources_stream_through_one_stub(bundle: Path, tmp_path: Path) -> No
     for e in report["timeline"]:
         starts[e["task"]] = min(starts.get(e["task"], math.inf), e["start_ms"])
     assert all(starts[k] >= k * 50 - 1 for k in range(tasks)), starts
+    # Waiting for the next frame does not hold up the one in flight (a few ms of MobileNet here):
+    # a host that slept until the next frame's time saw every task end a period late.
+    assert sorted(report["latency_ms_per_task"])[tasks // 2] < 35, report["latency_ms_per_task"]
     assert [r.task for r in results] == list(range(len(results)))
     for result in results:
         assert not result.unsplit and result.fallback is None

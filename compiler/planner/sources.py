@@ -123,13 +123,12 @@ def plan_sources(cluster: Cluster, trunks: Mapping[str, Trunk], strategy: str = 
     link = game.cluster_link(cluster)
     options = {s: _cut_options(trunks[s], cluster, s) for s in names}
 
-    def solve(cuts: Mapping[str, Cutting]) -> tuple[dict[game.Key, str], game.Evaluation, game.Matching | None]:
-        sources = [_source(cluster, cuts[s]) for s in names if s in cuts]
+    def solve(cuts: Mapping[str, Cutting]) -> tuple[tuple[game.Source, ...], game.Evaluation, game.Matching | None]:
+        sources = tuple(_source(cluster, cuts[s]) for s in names if s in cuts)
         if strategy == "matching":
             m = game.match(sources, nodes, link, seed)
-            return m.assignment, m, m
-        assignment = game.assign(strategy, sources, nodes, link, seed)
-        return assignment, game.evaluate(assignment, sources, nodes, link), None
+            return sources, m, m
+        return sources, game.evaluate(game.assign(strategy, sources, nodes, link, seed), sources, nodes, link), None
 
     def mean_latency(cuts: Mapping[str, Cutting]) -> float:
         return sum(solve(cuts)[1].latency.values()) / len(cuts)
@@ -144,15 +143,14 @@ def plan_sources(cluster: Cluster, trunks: Mapping[str, Trunk], strategy: str = 
             chosen[s] = best
         if not changed:
             break
-    assignment, evaluation, matched = solve(chosen)
-    sources = tuple(_source(cluster, chosen[s]) for s in names)
+    sources, evaluation, matched = solve(chosen)
+    assignment = evaluation.assignment
     plans = {s: _plan(trunks[s], cluster, chosen[s], assignment, strategy, evaluation.latency[s]) for s in names}
     return SourcesPlan(strategy, chosen, sources, nodes, assignment, evaluation, plans, matched)
 
 
 def _cut_options(trunk: Trunk, cluster: Cluster, source: str) -> list[Cutting]:
-    positions = [0] + [c.position for c in trunk.cuts] + [len(trunk.layers)]
-    return [cutting(trunk, cluster, source, cut) for cut in positions[1:]]
+    return [cutting(trunk, cluster, source, cut) for cut in [c.position for c in trunk.cuts] + [len(trunk.layers)]]
 
 
 def _source(cluster: Cluster, c: Cutting) -> game.Source:
