@@ -1,6 +1,6 @@
 """Several sources sharing helper nodes: the matching against its baselines, simulated and measured.
 
-Run: python benchmarks/sources.py [--simulated-only] [--tasks 40]
+Run: python benchmarks/sources.py [--simulated-only] [--tasks 30]
 (the measured part needs root, for network namespaces and CPU limits).
 
 1. Simulated (cost model and event simulation, no devices): 2, 3 and 4 sources (MobileNet-V1
@@ -10,9 +10,10 @@ Run: python benchmarks/sources.py [--simulated-only] [--tasks 40]
    latency (20 s of periodic frames, the same frames for every strategy), and the ratio to the
    matching's.
 
-2. Measured on the emulated cluster: two cameras (network namespaces, a fifth of a core each)
-   share edge-1 (2 ONNX Runtime threads, 1.2 cores) and edge-2 (1 thread, 0.4 core) over
-   100 Mbit/s tbf links. Each device's GMAC/s is measured under its own CPU limit first, and the
+2. Measured on the emulated cluster: two cameras (network namespaces, a fifth of a core each;
+   MobileNet-V1 1.0 at 4 frames/s and ResNet-18 at 2, then ResNet-18 on both at 3) share
+   edge-1 (2 ONNX Runtime threads, 1.2 cores) and edge-2 (1 thread, 0.4 core) over 100 Mbit/s
+   tbf links. Each device's GMAC/s is measured under its own CPU limit first, and the
    cluster file says so. The bundle compiled with `--strategy matching` runs: both sources'
    `halpc run --source NAME --check` at their frame rates at once, `halpc-stub` on each helper.
    Then the same with `--strategy halp` (each source planning alone, ignoring the other). Per
@@ -85,49 +86,62 @@ def simulated(folder: Path) -> None:
             print(f"{k:>7} {h:>7}  " + "  ".join(f"{c:>20}" for c in cells) + f"  {seconds:6.1f}", flush=True)
 
 
+# The cameras of the measured runs: (name, model, frames/s) per camera, per run.
+PAIRS = [
+    [("cam-1", "mobilenet_v1_100", 4.0), ("cam-2", "resnet18", 2.0)],  # one light, one heavy
+    [("cam-1", "resnet18", 3.0), ("cam-2", "resnet18", 3.0)],  # both want the fast helper
+]
+
+
 def measured(folder: Path, tasks: int) -> bool:
     why = netlab.available() or netlab.cpu_limits_available()
     if why:
         print(f"measured part skipped: {why}")
         return True
-    picks = [("cam-1", "mobilenet_v1_100", 4.0), ("cam-2", "resnet18", 2.0)]
-    for _, name, _ in picks:
+    names = sorted({m for pair in PAIRS for _, m, _ in pair})
+    for name in names:
         onnx.save(models.build(name, 128, 128, seed=1), str(folder / f"{name}.onnx"))
     helpers = [("edge-1", 2, 1.2), ("edge-2", 1, 0.4)]  # name, threads, cores
     cpu = {"cam-1": 0.2, "cam-2": 0.2, **{name: cores for name, _, cores in helpers}}
     ok = True
     with netlab.NetLab({d: 100 for d in cpu}, cpu=cpu) as lab:
         threads = {d: t for d, t, _ in helpers}
-        speed = {d: statistics.mean(lab.gmacs(d, folder / f"{m}.onnx", threads.get(d, 1)) for _, m, _ in picks)
+        speed = {d: statistics.mean(lab.gmacs(d, folder / f"{m}.onnx", threads.get(d, 1)) for m in names)
                  for d in cpu}
         print("\nMeasured GMAC/s under each device's CPU limit: "
               + ", ".join(f"{d} {g:.2f}" for d, g in speed.items()))
-        text = cluster_text([(s, f"{m}.onnx", r, speed[s], f"{lab.ip(s)}:5700") for s, m, r in picks],
-                            [(d, speed[d], t, f"{lab.ip(d)}:5700") for d, t, _ in helpers])
-        (folder / "cluster.toml").write_text(text)
-        print(f"{'strategy':<9} {'source':<6} {'Hz':>3} {'predicted':>9} {'sim mean':>8} {'sim p95':>7} "
+        print(f"{'strategy':<9} {'source':<6} {'model':<16} {'Hz':>3} {'predicted':>9} {'sim mean':>8} {'sim p95':>7} "
               f"{'measured mean':>13} {'p95':>6} {'meas/pred':>9} exact  where")
-        for strategy in ("matching", "halp"):
-            bundle = folder / f"bundle-{strategy}"
-            compile_bundle(None, folder / "cluster.toml", bundle, strategy)
-            manifest = load_manifest(bundle)
-            summaries = run_sources(bundle, tasks, lab.popen)
-            predicted = _predicted(manifest)
-            for source, summary in summaries.items():
-                latencies = summary["latency_ms_per_task"]
-                mean, p95 = statistics.mean(latencies), matching.nearest_rank(latencies, 95)
-                exact = summary["exact"] is True
-                # halp: the plan's own timeline (it knows nothing of the other camera)
-                alone = manifest.for_source(source).data["predicted_ms"]
-                pred, sim_mean, sim_p95 = predicted.get(source, (alone, None, None))
-                plan = json.loads((bundle / "plans" / f"{manifest.data['sources'][source]['plans'][0]}.json").read_text())
-                where = " ".join(f"{s['device']}:{s['rows'][1] - s['rows'][0]}" for s in plan["blocks"][0]["strips"])
-                show = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-                ratio = "-" if pred is None else f"{mean / pred:.2f}"
-                print(f"{strategy:<9} {source:<6} {manifest.data['sources'][source]['rate_hz']:>3g} {show(pred):>9} "
-                      f"{show(sim_mean):>8} {show(sim_p95):>7} {mean:>13.1f} {p95:>6.1f} {ratio:>9} "
-                      f"{'yes' if exact else 'NO':>5}  {where}", flush=True)
-                ok &= exact
+        for picks in PAIRS:
+            text = cluster_text([(s, f"{m}.onnx", r, speed[s], f"{lab.ip(s)}:5700") for s, m, r in picks],
+                                [(d, speed[d], t, f"{lab.ip(d)}:5700") for d, t, _ in helpers])
+            (folder / "cluster.toml").write_text(text)
+            for strategy in ("matching", "halp"):
+                ok &= _measure(folder, lab, strategy, tasks)
+    return ok
+
+
+def _measure(folder: Path, lab, strategy: str, tasks: int) -> bool:
+    """Compile folder/cluster.toml with `strategy`, run every camera at once, print a row each."""
+    bundle = folder / f"bundle-{strategy}"
+    compile_bundle(None, folder / "cluster.toml", bundle, strategy)
+    manifest = load_manifest(bundle)
+    summaries = run_sources(bundle, tasks, lab.popen)
+    predicted = _predicted(manifest)
+    ok = True
+    for source, summary in summaries.items():
+        latencies = summary["latency_ms_per_task"]
+        mean, p95 = statistics.mean(latencies), matching.nearest_rank(latencies, 95)
+        view = manifest.for_source(source)
+        # halp: the plan's own timeline (it knows nothing of the other camera)
+        pred, sim_mean, sim_p95 = predicted.get(source, (view.data["predicted_ms"], None, None))
+        plan = json.loads((bundle / "plans" / f"{view.id}.json").read_text())
+        where = " ".join(f"{s['device']}:{s['rows'][1] - s['rows'][0]}" for s in plan["blocks"][0]["strips"])
+        show = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        print(f"{strategy:<9} {source:<6} {view.data['variant']:<16} {manifest.data['sources'][source]['rate_hz']:>3g} "
+              f"{show(pred):>9} {show(sim_mean):>8} {show(sim_p95):>7} {mean:>13.1f} {p95:>6.1f} "
+              f"{mean / pred:>9.2f} {'yes' if summary['exact'] else 'NO':>5}  {where}", flush=True)
+        ok &= summary["exact"] is True
     return ok
 
 
@@ -146,7 +160,7 @@ def _predicted(manifest) -> dict[str, tuple[float, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--simulated-only", action="store_true")
-    parser.add_argument("--tasks", type=int, default=40, help="frames per source in the measured run")
+    parser.add_argument("--tasks", type=int, default=30, help="frames per source in the measured run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         simulated(Path(tmp))
