@@ -238,7 +238,7 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
     import json
 
     from halpc.report import run_table
-    from halpc.run import local_popen, run as run_bundle
+    from halpc.run import local_popen, meet, run as run_bundle
     from halpc.verify import load_inputs, random_inputs
     from halpc_stub import keys
     from halpc_stub.manifest import load_manifest
@@ -283,17 +283,6 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
         click.echo(run_table(manifest, summary, in_flight))
     if summary.checks and not summary.exact:
         sys.exit(1)
-
-
-def meet(barrier: str, name: str, timeout_s: float = 120.0) -> None:
-    """Say `name` is ready in the barrier folder, then wait for the others (at most `timeout_s`)."""
-    from pathlib import Path
-
-    folder, _, count = barrier.rpartition(",")
-    Path(folder, name).touch()
-    deadline = time.time() + timeout_s
-    while len(list(Path(folder).iterdir())) < int(count) and time.time() < deadline:
-        time.sleep(0.005)
 
 
 def default_policy(manifest, deadline_ms: float | None) -> str | None:

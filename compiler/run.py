@@ -284,6 +284,19 @@ def run_sources(bundle: str | Path, tasks: int, popen: Popen = local_popen, *, c
     return summaries
 
 
+def meet(barrier: str, name: str, timeout_s: float = 120.0) -> None:
+    """Say `name` is ready in the barrier folder, then wait for the others (at most `timeout_s`)."""
+    folder, _, count = barrier.rpartition(",")
+    try:
+        expected = int(count)
+        Path(folder, name).touch()
+    except (ValueError, OSError) as exc:
+        raise HalpcError(f"--barrier {barrier}: give an existing folder and a count, DIR,N ({exc})") from None
+    deadline = time.time() + timeout_s
+    while len(list(Path(folder).iterdir())) < expected and time.time() < deadline:
+        time.sleep(0.005)
+
+
 def _reference_times(manifest: Manifest, inputs: list[dict[str, np.ndarray]]) -> list[float]:
     """The default plan's unsplit model's time per input on the host."""
     session = make_session(str(manifest.reference_model()), manifest.host.threads)
