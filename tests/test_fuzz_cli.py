@@ -18,41 +18,29 @@ import contextlib
 import copy
 import io
 import json
-import os
 import resource
 import shutil
 import subprocess
 import sys
 import tomllib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import models  # examples/models.py
+from fuzzing import FUZZ, Cases
 from halpc.cli import main as halpc_main
 from halpc_stub.cli import main as stub_main
 
 CLUSTER_LOCAL3 = Path(__file__).resolve().parent.parent / "examples" / "cluster_local3.toml"
 
-COUNTS: Counter[str] = Counter()  # CLI runs, per test
+COUNTS = Cases("CLI runs")  # per test
 
-# Derandomized: CI runs the same cases every time; HALPC_FUZZ_RANDOM=1 explores new ones.
-FUZZ = settings(
-    deadline=None,
-    database=None,
-    derandomize=not os.environ.get("HALPC_FUZZ_RANDOM"),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
-
-
-def report(test: str) -> None:
-    print(f"\nfuzz: {COUNTS[test]} CLI runs ({test}); {sum(COUNTS.values())} in this module so far")
 
 
 # -- running the CLI ----------------------------------------------------------------------------
@@ -307,7 +295,7 @@ def test_damaged_onnx_inspect_and_plan(inputs, tmp_path):
         check_contract(invoke(["plan", path, "--cluster", inputs.cluster, "--strategy", "even"]), test)
 
     check()
-    report(test)
+    COUNTS.report(test)
 
 
 def test_damaged_onnx_compile(inputs, tmp_path):
@@ -323,7 +311,7 @@ def test_damaged_onnx_compile(inputs, tmp_path):
         compile_to_fresh([path, "--cluster", inputs.cluster, "--strategy", "even"], out, test)
 
     check()
-    report(test)
+    COUNTS.report(test)
 
 
 def test_damaged_cluster_file(inputs, tmp_path):
@@ -341,7 +329,7 @@ def test_damaged_cluster_file(inputs, tmp_path):
             compile_to_fresh([inputs.model, "--cluster", path, "--strategy", "even"], out, test)
 
     check()
-    report(test)
+    COUNTS.report(test)
 
 
 def test_damaged_plan_file(inputs, tmp_path):
@@ -357,7 +345,7 @@ def test_damaged_plan_file(inputs, tmp_path):
         compile_to_fresh([inputs.model, "--cluster", inputs.cluster, "--plan", path], out, test)
 
     check()
-    report(test)
+    COUNTS.report(test)
 
 
 @pytest.fixture
@@ -393,7 +381,7 @@ def test_damaged_manifest(inputs, tmp_path, memory_cap):
             target.write_bytes(good)
 
     check()
-    report(test)
+    COUNTS.report(test)
 
 
 def test_undamaged_inputs_still_work(inputs, tmp_path):
@@ -411,7 +399,7 @@ def test_undamaged_inputs_still_work(inputs, tmp_path):
     out = tmp_path / "again"
     assert compile_to_fresh([inputs.model, "--cluster", inputs.cluster, "--plan", plan], out, test).code == 0
     assert tomllib.loads(inputs.cluster_text)["device"]
-    report(test)
+    COUNTS.report(test)
 
 
 # -- a few as real processes --------------------------------------------------------------------
@@ -443,4 +431,4 @@ def test_damaged_inputs_in_real_processes(inputs, tmp_path):
                                 "real processes")
         if argv[0] == "compile" and result.code != 0:
             assert_nothing_written(Path(argv[-1]))
-    report("real processes")
+    COUNTS.report("real processes")

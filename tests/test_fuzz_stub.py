@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
-import os
 import random
 import threading
 import time
@@ -31,10 +30,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import Phase, given, note, settings
 from hypothesis import strategies as st
 
 import models  # examples/models.py
+from fuzzing import FUZZ, Cases
 from bundles import free_ports, local_cluster, save
 from halpc.compile import Variant, compile_bundle
 from halpc.verify import random_inputs
@@ -50,19 +50,8 @@ from halpc_stub.store import RowStore
 DEVICE = "dev-1"  # receives from the host and from dev-2: the most recv steps
 MAX_PROBE_MARKS = 16  # StubNode.on_probe keeps at most this many first parts
 
-COUNTS: Counter[str] = Counter()  # messages fed, per test
+COUNTS = Cases("stub messages")  # per test
 
-# Derandomized: CI runs the same cases every time; HALPC_FUZZ_RANDOM=1 explores new ones.
-FUZZ = settings(
-    deadline=None,
-    database=None,
-    derandomize=not os.environ.get("HALPC_FUZZ_RANDOM"),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
-
-
-def report(test: str) -> None:
-    print(f"\nfuzz: {COUNTS[test]} stub messages ({test}); {sum(COUNTS.values())} in this module so far")
 
 
 # -- the bundle and its reference run -------------------------------------------------------------
@@ -400,7 +389,7 @@ def test_mutated_headers(world):
 
     check()
     run_valid_task(world)
-    report("mutated headers")
+    COUNTS.report("mutated headers")
 
 
 def test_every_field_with_line_breaks_and_odd_types(world):
@@ -424,7 +413,7 @@ def test_every_field_with_line_breaks_and_odd_types(world):
     world.host.traces.clear()
     world.host.probed.clear()
     run_valid_task(world)
-    report("odd fields")
+    COUNTS.report("odd fields")
 
 
 def test_random_frames(world):
@@ -453,7 +442,7 @@ def test_random_frames(world):
 
     check()
     run_valid_task(world)
-    report("random frames")
+    COUNTS.report("random frames")
 
 
 def test_rows_buffers_and_shapes(world):
@@ -515,7 +504,7 @@ def test_rows_buffers_and_shapes(world):
 
     check()
     run_valid_task(world)
-    report("rows buffers")
+    COUNTS.report("rows buffers")
 
 
 @st.composite
@@ -617,7 +606,7 @@ def test_out_of_order_sequences(world):
 
     check()
     run_valid_task(world, world.plans[1])
-    report("sequences")
+    COUNTS.report("sequences")
 
 
 def test_host_node_messages(world):
@@ -659,7 +648,7 @@ def test_host_node_messages(world):
         assert not host.probed
 
     check()
-    report("host node")
+    COUNTS.report("host node")
 
 
 # -- over real sockets --------------------------------------------------------------------------
@@ -745,4 +734,4 @@ def test_flood_over_a_socket_then_exact_tasks(world, tmp_path):
         for s in stubs:
             s.close()
         context.destroy(linger=0)
-    report("socket flood")
+    COUNTS.report("socket flood")
