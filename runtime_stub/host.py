@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ from halpc_stub import keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
-from halpc_stub.node import Node, PlanRun, Task
+from halpc_stub.node import REMEMBER_FINISHED, Node, PlanRun, Task
 from halpc_stub.session import load_sessions, make_session
 
 log = logging.getLogger("halpc_stub")
@@ -98,7 +98,7 @@ class _HostNode(Node):
         self.pongs: dict[str, dict[str, Any]] = {}
         self.traces: dict[tuple[int, str], list[list[Any]]] = {}
         self.probed: list[tuple[str, int, float]] = []  # (device, bytes, seconds between parts)
-        self.given_up: set[int] = set()  # tasks whose devices' traces are dropped
+        self.given_up: OrderedDict[int, None] = OrderedDict()  # tasks whose devices' traces are dropped
 
     def _ours(self, header: dict[str, Any]) -> None:
         if header["from"] not in self.addresses or header.get("session") != self.session_id:
@@ -146,6 +146,7 @@ class HostSession:
         self.down: dict[str, float] = {}  # device -> when it was marked down
         self.faults: list[Fault] = []
         self._pinged: dict[str, float] = {}
+        self._wrong_plan: set[str] = set()  # devices down that answered with another plan (said once)
         self._times: dict[str, deque[float]] = {}  # plan id -> recent task times, front to done
         self._unsplit: dict[Path, Any] = {}  # reference model -> its session, opened at a first fault
 
@@ -358,7 +359,9 @@ class HostSession:
     def _give_up(self, task: Task, arrays: dict[str, np.ndarray], reason: str) -> TaskResult:
         node = self.node
         node.forget(task.key)
-        node.given_up.add(task.key[1])
+        node.given_up[task.key[1]] = None
+        if len(node.given_up) > REMEMBER_FINISHED:  # traces come within seconds, or not at all
+            node.given_up.popitem(last=False)
         for device in self.devices_of(task.plan):  # a down device gets it when it is back
             node.send(device, wire.encode({"kind": "cancel", "from": node.name, "session": node.session_id,
                                            "task": task.key[1]}))
@@ -388,8 +391,14 @@ class HostSession:
             pong = self.node.pongs.get(device)
             if pong is not None and pong["received"] > since and pong.get("plan") == self.node.plan:
                 del self.down[device]
+                self._wrong_plan.discard(device)
                 log.warning("%s answers again after %.1f s: back in use", device, now - since)
-            elif now - self._pinged.get(device, 0.0) >= REPING_S:
+            elif pong is not None and pong["received"] > since and device not in self._wrong_plan:
+                self._wrong_plan.add(device)
+                log.warning("%s answers, but runs plan %s, not this bundle's %s: it stays down until it "
+                            "serves this bundle (copy the device's folder again)", device,
+                            str(pong.get("plan"))[:12], self.node.plan[:12])
+            if device in self.down and now - self._pinged.get(device, 0.0) >= REPING_S:
                 self._pinged[device] = now
                 self._ping(device, now)
 

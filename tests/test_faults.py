@@ -184,6 +184,24 @@ def test_replayed_and_cancelled_rows_are_refused(tmp_path: Path) -> None:
         node.close()
 
 
+def test_a_device_back_with_another_plan_stays_down_and_says_why(tmp_path: Path, caplog) -> None:
+    """A device that answers, but serves another compile's plan, is not taken back; the host
+    says so once, not at every ping."""
+    bundle = compile_three(tmp_path)
+    with HostSession(bundle, bind=f"tcp://127.0.0.1:{free_ports(1)[0]}") as host:
+        since = time.time()
+        host.down["dev-1"] = since
+        for k in range(3):  # three answers with another plan
+            host.node.pongs["dev-1"] = {"plan": "0" * 64, "received": since + k + 1}
+            host._readmit(since + k + 1)
+        assert "dev-1" in host.down
+        said = [r.getMessage() for r in caplog.records if "runs plan 000000000000" in r.getMessage()]
+        assert len(said) == 1 and "stays down until it serves this bundle" in said[0], said
+        host.node.pongs["dev-1"] = {"plan": host.node.plan, "received": since + 9}
+        host._readmit(since + 9)
+        assert "dev-1" not in host.down
+
+
 @pytest.mark.skipif(bool(LAB_UNAVAILABLE), reason=f"no emulated cluster here: {LAB_UNAVAILABLE}")
 def test_link_cut_is_noticed_within_the_bound_and_restored(tmp_path: Path) -> None:
     with netlab.NetLab({"dev-1": 200, "dev-2": 200}) as lab:
