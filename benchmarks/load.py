@@ -25,14 +25,17 @@ Checks: results come in order (task numbers consecutive), each task exactly once
 none twice), every output bit-exact, every worker used by the plan. Exits 1 if any fails, 2
 without root or namespaces.
 
-`run_load(...)` is the whole test as a function returning a `LoadResult` (tests/test_load.py
-imports it from this file).
+`run_load(...)` is the whole test as a function returning a `LoadResult`; `--json FILE` writes
+it out (tests/test_load.py runs this script and reads that, so that the host's memory is a
+fresh process's, not a test runner's after hundreds of tests).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import contextlib
+import dataclasses
+import json
 import os
 import socket
 import statistics
@@ -340,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50, help="tasks before the timed ones (default 50)")
     parser.add_argument("--every", type=int, default=250, help="RSS sample every N tasks (default 250)")
     parser.add_argument("--insecure", action="store_true", help="compile without CURVE keys (plaintext)")
+    parser.add_argument("--json", metavar="FILE", help="also write the result as JSON (tests/test_load.py reads it)")
     args = parser.parse_args(argv)
     why = netlab.available()
     if why:
@@ -362,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after "
           f"(on {os.cpu_count()} cores; the second counts this run's processes)")
     print(f"total {time.perf_counter() - at:.1f} s; {'OK' if result.ok else 'FAILED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(result)))
     return 0 if result.ok else 1
 
 
