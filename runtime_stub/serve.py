@@ -35,7 +35,6 @@ class StubNode(Node):
         several = bool(manifest.sources)
         self.hosts = list(dict.fromkeys(p.source for p in self.plans.values() if p.program or not several))
         self.current: dict[str, str] = {}  # host -> its current session
-        self.served = 0
         self.served_by: Counter[str] = Counter()  # tasks served per source
         self.probe_marks: dict[tuple[str, int], float] = {}  # first part's arrival
 
@@ -122,12 +121,16 @@ class StubNode(Node):
         while not stopping():
             if self.receive(timeout_ms=100):
                 for task in self.advance():
-                    self.served += 1
                     self.served_by[task.source] += 1
                     self.send(task.source, wire.encode({
                         "kind": "trace", "from": self.name, "source": task.source, "session": task.key[0],
                         "task": task.key[1], "events": task.events,
                     }))
+
+    @property
+    def served(self) -> int:
+        """Tasks served, all sources together."""
+        return sum(self.served_by.values())
 
     def served_line(self) -> str:
         """'40 tasks', or for several sources '40 tasks (cam-1: 20, cam-2: 20)'."""
