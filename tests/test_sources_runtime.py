@@ -306,15 +306,19 @@ def test_two_sources_stream_through_one_stub(bundle: Path, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_two_cameras_share_two_helpers_on_the_emulated_cluster(tmp_path: Path) -> None:
-    """Two cameras (a quarter core each, in their own network namespaces) share edge-1 (2 ONNX
+    """Two cameras (0.15 core each, in their own network namespaces) share edge-1 (2 ONNX
     Runtime threads, a whole core) and edge-2 (1 thread, half a core) over 100 Mbit/s links:
-    compiled with the matching, every source's `halpc run` at once, every output bit-exact."""
+    compiled with the matching, every source's `halpc run` at once, every output bit-exact.
+
+    At a quarter core the ResNet camera's offload was marginal (predicted 53 ms against 56 alone)
+    and it stayed alone whenever the helpers measured 20% slower, as they did once in CI; at 0.15
+    both cameras offload with helpers measured anywhere from half to 1.2x their usual speed."""
     why = netlab.available() or netlab.cpu_limits_available()
     if why:
         pytest.skip(f"no emulated cluster with CPU limits here: {why}")
     save(models.build("vgg16", 64, 64, seed=1), tmp_path, "vgg16.onnx")
     save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx")
-    cpu = {"cam-1": 0.25, "cam-2": 0.25, "edge-1": 1.0, "edge-2": 0.5}
+    cpu = {"cam-1": 0.15, "cam-2": 0.15, "edge-1": 1.0, "edge-2": 0.5}
     threads = {"edge-1": 2}
     with netlab.NetLab({name: 100 for name in cpu}, cpu=cpu) as lab:
         text = "[network]\nbandwidth_mbps = 100\nlatency_ms = 1\n"
@@ -328,7 +332,7 @@ def test_two_cameras_share_two_helpers_on_the_emulated_cluster(tmp_path: Path) -
         compile_bundle(None, tmp_path / "cluster.toml", tmp_path / "bundle", "matching")
         manifest = load_manifest(tmp_path / "bundle")
         for source in ("cam-1", "cam-2"):  # each camera offloads to a helper
-            assert set(manifest.for_source(source).workers) & {"edge-1", "edge-2"}, manifest.data["sharing"]
+            assert set(manifest.for_source(source).workers) & {"edge-1", "edge-2"}, (text, manifest.data["sharing"])
         summaries = run_sources(tmp_path / "bundle", 9, lab.popen, check=True)
     for source, summary in summaries.items():
         assert summary["exact"] is True and len(summary["latency_ms_per_task"]) == 9, (source, summary)
