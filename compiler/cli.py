@@ -7,7 +7,7 @@ import time
 import click
 
 from halpc.adapt import POLICIES
-from halpc.strategies import SOURCE_STRATEGIES, STRATEGIES
+from halpc.strategies import SOURCE_BASELINES, SOURCE_STRATEGIES, STRATEGIES
 from halpc.errors import HalpcError
 from halpc_stub.errors import BundleError
 
@@ -119,7 +119,7 @@ def compile(model: str | None, cluster_file: str, output: str, strategy: str, pl
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False),
               help="TOML file describing the devices and links.")
 @click.option("--strategy", default="all", show_default=True,
-              type=click.Choice(("all", *STRATEGIES, *SOURCE_STRATEGIES, "alone", "selfish", "greedy", "random")),
+              type=click.Choice(("all", *STRATEGIES, *SOURCE_STRATEGIES, *SOURCE_BASELINES)),
               help="Strategy to plan, or all of them (for a cluster of several sources: matching, alone, "
                    "selfish, greedy or random).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plans as JSON.")

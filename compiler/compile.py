@@ -138,12 +138,10 @@ def load_sources(cluster: Cluster, input_shapes: dict[str, Shape] | None = None)
     """Each source's model, analysed; two different models may not share a file name (the
     bundle keeps each as reference/NAME.onnx)."""
     trunks: dict[str, Trunk] = {}
-    for s in cluster.sources:
-        assert s.model is not None
-        trunks[s.name] = analyse(load_model(s.model, input_shapes))
     by_name: dict[str, Trunk] = {}
     for s in cluster.sources:
-        trunk = trunks[s.name]
+        assert s.model is not None
+        trunk = trunks[s.name] = analyse(load_model(s.model, input_shapes))
         other = by_name.setdefault(trunk.model.path.stem, trunk)
         if other.model.sha256 != trunk.model.sha256:
             raise HalpcError(f"{cluster.source}: two different models are named {trunk.model.path.name} "

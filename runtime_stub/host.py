@@ -43,7 +43,7 @@ from halpc_stub import keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
-from halpc_stub.node import REMEMBER_FINISHED, Node, PlanRun, Task
+from halpc_stub.node import Node, PlanRun, Task, remember
 from halpc_stub.session import load_sessions, make_session
 
 log = logging.getLogger("halpc_stub")
@@ -359,9 +359,7 @@ class HostSession:
     def _give_up(self, task: Task, arrays: dict[str, np.ndarray], reason: str) -> TaskResult:
         node = self.node
         node.forget(task.key)
-        node.given_up[task.key[1]] = None
-        if len(node.given_up) > REMEMBER_FINISHED:  # traces come within seconds, or not at all
-            node.given_up.popitem(last=False)
+        remember(node.given_up, task.key[1])
         for device in self.devices_of(task.plan):  # a down device gets it when it is back
             node.send(device, wire.encode({"kind": "cancel", "from": node.name, "session": node.session_id,
                                            "task": task.key[1]}))

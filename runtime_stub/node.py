@@ -37,6 +37,14 @@ MAX_LIVE_TASKS = 64
 REMEMBER_FINISHED = 4096
 
 
+def remember(seen: OrderedDict[Any, None], key: Any) -> None:
+    """Add `key` to `seen`, forgetting the oldest beyond REMEMBER_FINISHED: late messages come
+    within seconds, or not at all."""
+    seen[key] = None
+    if len(seen) > REMEMBER_FINISHED:
+        seen.popitem(last=False)
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -267,9 +275,7 @@ class Node:
     def forget(self, key: TaskKey) -> None:
         """End a task (done or given up); rows that still come for it are late and dropped."""
         self.tasks.pop(key, None)
-        self.finished[key] = None
-        if len(self.finished) > REMEMBER_FINISHED:
-            self.finished.popitem(last=False)
+        remember(self.finished, key)
 
     def dispatch(self, header: dict[str, Any], frames: list[Any]) -> None:
         handler = getattr(self, f"on_{header['kind']}")

@@ -23,6 +23,7 @@ from halpc.planner.matching import (
     evaluate, format_table, greedy, match, partitions_by_capacity, random_assignment, selfish,
     simulate,
 )
+from halpc.strategies import SOURCE_BASELINES, SOURCE_STRATEGIES
 
 FRAME_IN = 224 * 224 * 3  # a uint8 RGB frame
 FRAME_OUT = 4000
@@ -521,6 +522,8 @@ def test_compare_rows_and_table() -> None:
     assert {r["strategy"] for r in compare(*no_own, horizon_s=1.0)} == set(STRATEGIES) - {"alone"}
     m = match(sources, nodes, links)
     json.dumps(m.to_dict())
+    # The CLI offers the strategies from names kept apart from this module (no ONNX to load).
+    assert STRATEGIES == SOURCE_STRATEGIES + SOURCE_BASELINES
 
 
 def test_same_seed_same_result() -> None:
