@@ -170,6 +170,10 @@ class LinkEstimator:
         old = self._estimate.get(device)
         self._estimate[device] = float(mbps) if old is None else self.alpha * mbps + (1 - self.alpha) * old
 
+    def forget(self, device: str) -> None:
+        """Drop what is known of `device`'s link: its next sample is taken as it is."""
+        self._estimate.pop(device, None)
+
     @property
     def estimate(self) -> dict[str, float]:
         """The current estimate per device, as a copy the caller may keep."""

@@ -12,9 +12,17 @@ The samples are smoothed (`adapt.LinkEstimator`), the cost model predicts every 
 estimate, and the policy (`adapt.choose`) picks. A probe's answer is used from the next task
 that starts after it came, so decisions lag the channel by up to PROBE_INTERVAL_S and a task,
 as `simulate.replay` assumes.
+
+A device the host marked down (a task waited too long for it: its link may have collapsed) is
+out of use until it is back and a probe has measured its link afresh: the plans using it are
+predicted never to finish, so the policy picks among the others (another variant, or the host
+alone) instead of the host recomputing the chosen one unsplit; and the estimate it had before
+is dropped, not averaged with the new rate.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Sequence
 
@@ -68,7 +76,10 @@ class Controller:
         self.predict = cached(bundle_predictor(manifest))
         self.devices = list(host.workers)
         self.estimator = LinkEstimator(nominal_rates(manifest, self.devices), alpha)
-        self.decisions: dict[int, tuple[Choice, dict[str, float]]] = {}  # task -> (choice, estimate)
+        # task -> (choice, the link estimate it was made at; 0 for a device out of use)
+        self.decisions: dict[int, tuple[Choice, dict[str, float]]] = {}
+        self.uses = {p.id: {d for d in self.devices if p.program(d)} for p in manifest.plans}
+        self.out: set[str] = set()  # devices down since their last probe answer (see module)
         self.samples: list[tuple[float, str, float]] = []  # (time, device, Mbit/s) of every probe
         self.probing: dict[str, float] = {}  # device -> when its probe went out, until answered
         self.probed: dict[str, float] = {}  # device -> when its last probe went out
@@ -77,12 +88,26 @@ class Controller:
 
     def choose(self, task: int) -> str:
         for device, mbps in self.host.take_probes():
+            self.probing.pop(device, None)
+            if math.isnan(mbps):  # answered, but says nothing of the link: the next one may
+                continue
+            if device in self.out:
+                self.estimator.forget(device)
+                self.out.discard(device)
             self.estimator.observe(device, mbps)
             self.samples.append((time.time(), device, mbps))
-            self.probing.pop(device, None)
-        estimate = self.estimator.estimate
-        choice = choose(self.policy, self.options, self.predict, estimate, self.deadline_s)
-        self.decisions[task] = (choice, estimate)
+        out = self.out = self.out | self.host.down.keys()
+        estimate = {d: v for d, v in self.estimator.estimate.items() if d not in out}
+        avoid = out if self.policy in ("adaptive", "select") else set()  # the policies that go by prediction
+
+        def predict(plan: str, rates: Bandwidths) -> float:
+            return math.inf if self.uses[plan] & avoid else self.predict(plan, rates)
+
+        choice = choose(self.policy, self.options, predict, estimate, self.deadline_s)
+        if avoid:
+            choice = dataclasses.replace(choice, reason=f"{choice.reason}; {', '.join(sorted(avoid))} out of use "
+                                                        "until back and measured again")
+        self.decisions[task] = (choice, {**estimate, **dict.fromkeys(out, 0.0)})
         return choice.plan
 
     def finished(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -181,7 +182,9 @@ class RunSummary:
                 {"task": i, "plan": r.plan, "latency_ms": round(r.latency_s * 1e3, 3),
                  **({"fallback": r.fallback, "unsplit": r.unsplit} if r.fallback else {}),
                  **({"variant": d[0].variant, "accuracy": d[0].accuracy,
-                     "predicted_ms": round(d[0].predicted_s * 1e3, 3), "reason": d[0].reason,
+                     # None: every plan used a device out of use (see control.Controller)
+                     "predicted_ms": round(d[0].predicted_s * 1e3, 3) if math.isfinite(d[0].predicted_s) else None,
+                     "reason": d[0].reason,
                      "estimate_mbps": {k: round(v, 2) for k, v in d[1].items()}} if d else {})}
                 for i, (r, d) in enumerate(zip(self.results, self.decisions or [None] * len(self.results)))
             ],

@@ -28,6 +28,7 @@ In a bundle of several sources (cameras) each source is the host of its own plan
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -411,11 +412,12 @@ class HostSession:
             self.node.send(device, header, np.zeros(size, np.uint8))
 
     def take_probes(self) -> list[tuple[str, float]]:
-        """(device, Mbit/s) of every probe answered since the last call."""
+        """(device, Mbit/s) of every probe answered since the last call; NaN where the answer
+        says nothing about the link: a gap under MIN_PROBE_GAP_S means the device read both
+        parts in one go (it was busy when they came)."""
         self.node.receive(timeout_ms=0)
-        # A gap under MIN_PROBE_GAP_S means the device read both parts in one go (it was busy
-        # when they came): it says nothing about the link.
-        found = [(device, size * 8 / gap / 1e6) for device, size, gap in self.node.probed if gap >= MIN_PROBE_GAP_S]
+        found = [(device, size * 8 / gap / 1e6 if gap >= MIN_PROBE_GAP_S else math.nan)
+                 for device, size, gap in self.node.probed]
         self.node.probed.clear()
         return found
 

@@ -279,6 +279,9 @@ def test_link_estimator_ewma():
     copy = est.estimate
     copy["dev-1"] = 1.0
     assert est.estimate["dev-1"] == 70.0
+    est.forget("dev-1")  # a device that was down: its next sample is taken as is
+    est.observe("dev-1", 12.0)
+    assert est.estimate == {"dev-1": 12.0, "dev-2": 25.0}
     assert LinkEstimator({"dev-1": 0.0, "dev-2": 5.0}).estimate == {"dev-2": 5.0}
     one = LinkEstimator({"dev-1": 100.0}, alpha=1.0)
     one.observe("dev-1", 10.0)

@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +98,7 @@ def test_selection_meets_the_deadline_with_the_most_accurate_variant(variants: P
         assert {manifest.plan(r.plan).data["variant"] for r in summary.results} == {expected}
 
 
+
 def local_seconds(model: Path) -> float:
     """The median time of the whole model here, one thread."""
     session = make_session(str(model))
@@ -130,6 +134,51 @@ def test_a_probe_measures_the_link_rate(tmp_path: Path) -> None:
                     found += [rate for _, rate in got]
                 assert len(found) == 3 and 0.8 * mbps < statistics.median(found) < 1.1 * mbps, (mbps, found)
 
+
+
+def test_select_leaves_a_device_that_went_down_until_it_is_measured_again(tmp_path: Path) -> None:
+    """VGG-16 meets the deadline split over host and dev-1, not alone. dev-1 hangs for 1.5 s:
+    once the host has noticed, `select` runs MobileNet-V1 0.25 (which meets the deadline on the
+    host alone), not VGG-16 recomputed unsplit; once dev-1 answers again and a probe has
+    measured its link, VGG-16 split is back."""
+    if LAB_UNAVAILABLE:  # probes on loopback are too fast to measure (MIN_PROBE_GAP_S)
+        pytest.skip(f"no emulated cluster here: {LAB_UNAVAILABLE}")
+    family = [Variant(save(models.build("vgg16", 32, 32, seed=1), tmp_path, "vgg16.onnx"), 71.5),
+              Variant(save(models.build("mobilenet_v1_025", 32, 32, seed=1), tmp_path, "mobilenet_v1_025.onnx"),
+                      50.6)]
+    with netlab.NetLab({"dev-1": 100}) as lab:
+        cluster = local_cluster(2, bandwidth_mbps=100, gmacs=1.0, ips=[lab.host_ip, lab.ip("dev-1")],
+                                ports=free_ports(2))
+        bundle = tmp_path / "bundle"
+        compile_bundle(None, cluster, bundle, "halp", variants=family, bandwidths=(100,))
+        manifest = load_manifest(bundle)
+        predict = bundle_predictor(manifest)
+        split, alone = (predict(plan, {}) for plan in ("vgg16/halp@100", "vgg16/local"))
+        assert manifest.plan("vgg16/halp@100").program("dev-1") and split < 0.25 < alone
+        procs = {}
+
+        def spawn(device: str, argv: list[str], **kwargs) -> subprocess.Popen:
+            procs[device] = lab.popen(device, argv, **kwargs)
+            return procs[device]
+
+        def hang() -> None:  # 0.5 s into the stream, for 1.5 s
+            pid = procs["dev-1"].pid
+            threading.Timer(0.5, os.kill, (pid, signal.SIGSTOP)).start()
+            threading.Timer(2.0, os.kill, (pid, signal.SIGCONT)).start()
+
+        inputs = [random_inputs(manifest, seed % 4) for seed in range(80)]
+        summary = run(bundle, inputs, in_flight=1, check=True, spawn=spawn, timeout_s=60, policy="select",
+                      deadline_s=0.25, period_s=0.05, on_start=hang)
+    assert summary.exact and len(summary.checks) == 80 and summary.faults
+    tasks = [(round(r.start - summary.started, 2), c.plan, e["dev-1"], r.unsplit)
+             for r, (c, e) in zip(summary.results, summary.decisions)]
+    noticed = next(i for i, (_, _, rate, _) in enumerate(tasks) if rate == 0)
+    back = next((i for i in range(noticed, len(tasks)) if tasks[i][2] > 0), len(tasks))
+    assert {plan for _, plan, _, _ in tasks[:noticed]} == {"vgg16/halp@100"}, tasks
+    assert {plan for _, plan, _, _ in tasks[noticed:back]} == {"mobilenet_v1_025/halp@100"}, tasks
+    assert sum(unsplit for *_, unsplit in tasks) == len(summary.faults), tasks  # only the task it hung in
+    assert back < 70 and {plan for _, plan, _, _ in tasks[back:]} == {"vgg16/halp@100"}, tasks
+    assert "out of use until back and measured again" in summary.decisions[noticed][0].reason
 
 # A share of one core per board. Splitting ResNet-18 over two boards at 100 Mbit/s pays ~7% at
 # a quarter core on this machine, and nothing once the machine runs a little faster (CI saw

@@ -644,7 +644,7 @@ def test_host_node_messages(world):
         assert not host.traces
         # ... and with probe answers.
         for device, mbps in session.take_probes():
-            assert device in w.manifest.workers and mbps >= 0
+            assert device in w.manifest.workers and not mbps < 0  # NaN: says nothing
         assert not host.probed
 
     check()
