@@ -78,7 +78,7 @@ class Controller:
         self.estimator = LinkEstimator(nominal_rates(manifest, self.devices), alpha)
         # task -> (choice, the link estimate it was made at; 0 for a device out of use)
         self.decisions: dict[int, tuple[Choice, dict[str, float]]] = {}
-        self.uses = {p.id: {d for d in self.devices if p.program(d)} for p in manifest.plans}
+        self.uses = {p.id: host.devices_of(p) for p in host.node.plans.values()}  # plan -> its devices
         self.out: set[str] = set()  # devices down since their last probe answer (see module)
         self.samples: list[tuple[float, str, float]] = []  # (time, device, Mbit/s) of every probe
         self.probing: dict[str, float] = {}  # device -> when its probe went out, until answered
