@@ -40,16 +40,16 @@ sys.path[:0] = [str(ROOT / "examples"), str(ROOT / "benchmarks")]
 
 import models  # noqa: E402
 from distributed import ping_overhead_ms  # noqa: E402
-from halpc import netlab  # noqa: E402
-from halpc.adapt import POLICIES  # noqa: E402
-from halpc.cluster import parse_cluster  # noqa: E402
+from halpc.measure import netlab  # noqa: E402
+from halpc.host.adapt import POLICIES  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import Variant, compile_bundle  # noqa: E402
-from halpc.control import bundle_predictor, plan_options  # noqa: E402
-from halpc.profile import median_run_seconds  # noqa: E402
-from halpc.run import run, spawn_stubs  # noqa: E402
-from halpc.simulate import simulate_bundle, write_simulation_report  # noqa: E402
-from halpc.trace import load_trace, write_csv  # noqa: E402
-from halpc.verify import random_inputs  # noqa: E402
+from halpc.host.control import bundle_predictor, plan_options  # noqa: E402
+from halpc.measure.profiler import median_run_seconds  # noqa: E402
+from halpc.host.run import run, spawn_stubs  # noqa: E402
+from halpc.whatif.replay import simulate_bundle, write_simulation_report  # noqa: E402
+from halpc.whatif.trace import load_trace, write_csv  # noqa: E402
+from halpc.host.verify import random_inputs  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402
 

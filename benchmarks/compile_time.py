@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import models  # noqa: E402
 from bundles import local_cluster  # noqa: E402
 from halpc.emit.bundle import write_bundle  # noqa: E402
-from halpc.model import load_model  # noqa: E402
-from halpc.plan import even_plan  # noqa: E402
-from halpc.trunk import analyse  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
+from halpc.planner.plan import even_plan  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
 
 
 def main() -> None:

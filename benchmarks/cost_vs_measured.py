@@ -24,9 +24,9 @@ sys.path[:0] = [str(ROOT / "examples"), str(ROOT / "benchmarks")]
 import models  # noqa: E402
 from strategies import cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
-from halpc.model import load_model  # noqa: E402
-from halpc.profile import median_run_seconds  # noqa: E402
-from halpc.trunk import analyse  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
+from halpc.measure.profiler import median_run_seconds  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402
 

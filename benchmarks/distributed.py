@@ -42,14 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "examples")]
 
 import models  # noqa: E402
-from halpc import netlab  # noqa: E402
-from halpc.cluster import parse_cluster  # noqa: E402
+from halpc.measure import netlab  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
-from halpc.model import load_model  # noqa: E402
-from halpc.profile import profile_device, write_profile  # noqa: E402
-from halpc.planner import predict_bundle  # noqa: E402
-from halpc.run import spawn_stubs  # noqa: E402
-from halpc.trunk import analyse  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
+from halpc.inputs.profile_file import write_profile  # noqa: E402
+from halpc.measure.profiler import profile_device  # noqa: E402
+from halpc.planner.predict import predict_bundle  # noqa: E402
+from halpc.host.run import spawn_stubs  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
 from halpc_stub import wire  # noqa: E402
 from halpc_stub.host import HostSession  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402

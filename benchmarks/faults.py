@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import models  # noqa: E402
-from halpc import netlab  # noqa: E402
-from halpc.cluster import parse_cluster  # noqa: E402
+from halpc.measure import netlab  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
-from halpc.run import spawn_stubs  # noqa: E402
-from halpc.verify import random_inputs  # noqa: E402
+from halpc.host.run import spawn_stubs  # noqa: E402
+from halpc.host.verify import random_inputs  # noqa: E402
 from halpc_stub.host import HostSession  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402

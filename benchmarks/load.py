@@ -6,7 +6,7 @@ Run (as root, for network namespaces): python benchmarks/load.py
     [--strategy even] [--mbps 100] [--gmacs 8] [--pool 8] [--warmup 50] [--every 250]
 
 The host is this process; each of --devices devices is a `halpc-stub` process started from its
-own launch.sh inside its network namespace (`halpc.netlab`, tbf links of --mbps Mbit/s). The
+own launch.sh inside its network namespace (`halpc.measure.netlab`, tbf links of --mbps Mbit/s). The
 model (examples/models.py, seeded weights) is compiled for host + devices with --strategy
 (`even` by default: every device computes a share of every block, so every task crosses every
 link). The default, MobileNet-V1 0.25 at 128x128 (0.8 ms unsplit on one thread here), split
@@ -55,11 +55,11 @@ if str(ROOT / "examples") not in sys.path:
     sys.path.insert(0, str(ROOT / "examples"))
 
 import models  # noqa: E402
-from halpc import netlab  # noqa: E402
-from halpc.cluster import parse_cluster  # noqa: E402
+from halpc.measure import netlab  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
-from halpc.run import spawn_stubs  # noqa: E402
-from halpc.verify import random_inputs  # noqa: E402
+from halpc.host.run import spawn_stubs  # noqa: E402
+from halpc.host.verify import random_inputs  # noqa: E402
 from halpc_stub.host import HostSession  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402

@@ -36,15 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import models  # noqa: E402
-from halpc import netlab  # noqa: E402
-from halpc.cluster import parse_cluster  # noqa: E402
+from halpc.measure import netlab  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
-from halpc.model import load_model  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
 from halpc.planner import matching  # noqa: E402
 from halpc.planner.sources import STRATEGIES, compare_sources  # noqa: E402
-from halpc.run import run_sources  # noqa: E402
-from halpc.sharing import sharing_from_manifest  # noqa: E402
-from halpc.trunk import analyse  # noqa: E402
+from halpc.host.run import run_sources  # noqa: E402
+from halpc.whatif.sources import sharing_from_manifest  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 
 MODELS = ["mobilenet_v1_100", "resnet18", "vgg16", "mobilenet_v1_050"]

@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "examples")]
 
 import models  # noqa: E402
-from halpc.cluster import parse_cluster  # noqa: E402
-from halpc.emit.schedule import build_schedule  # noqa: E402
-from halpc.model import load_model  # noqa: E402
-from halpc.planner import compare, context  # noqa: E402
-from halpc.trunk import analyse  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
+from halpc.planner.schedule import build_schedule  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
+from halpc.planner.strategies import compare  # noqa: E402
+from halpc.planner.context import context  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
 
 STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import onnx
 
-from halpc.cluster import Cluster, parse_cluster
+from halpc.inputs.cluster import Cluster, parse_cluster
 from halpc.compile import compile_bundle
-from halpc.model import load_model
-from halpc.plan import Plan
-from halpc.trunk import Trunk, analyse
-from halpc.verify import verify
+from halpc.inputs.model import load_model
+from halpc.planner.plan import Plan
+from halpc.analyse.trunk import Trunk, analyse
+from halpc.host.verify import verify
 
 
 def free_ports(n: int) -> list[int]:

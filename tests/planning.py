@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from halpc.plan import BlockPlan, Plan, Strip
-from halpc.strips import block_io
-from halpc.trunk import Trunk
+from halpc.planner.plan import BlockPlan, Plan, Strip
+from halpc.analyse.strips import block_io
+from halpc.analyse.trunk import Trunk
 
 
 def random_plan(trunk: Trunk, devices: list[str], seed: int) -> Plan:

@@ -22,14 +22,14 @@ import pytest
 
 import models  # examples/models.py
 from bundles import free_ports, local_cluster, save, trunk_of
-from halpc import netlab
-from halpc.adapt import choose
+from halpc.measure import netlab
+from halpc.host.adapt import choose
 from halpc.compile import Variant, compile_bundle
-from halpc.control import bundle_predictor, plan_options
-from halpc.profile import median_run_seconds
-from halpc.run import local_popen, run, spawn_stubs
-from halpc.trace import load_trace
-from halpc.verify import random_inputs, verify
+from halpc.host.control import bundle_predictor, plan_options
+from halpc.measure.profiler import median_run_seconds
+from halpc.host.run import local_popen, run, spawn_stubs
+from halpc.whatif.trace import load_trace
+from halpc.host.verify import random_inputs, verify
 from halpc_stub.host import HostSession
 from halpc_stub.manifest import load_manifest
 from halpc_stub.session import make_session

@@ -408,8 +408,8 @@ def test_plan_for_another_model(files, good_bundle, out):
 @pytest.fixture(scope="module")
 def not_a_cut(files) -> str:
     """A tensor of the small model's trunk that is not a cut point."""
-    from halpc.model import load_model
-    from halpc.trunk import analyse
+    from halpc.inputs.model import load_model
+    from halpc.analyse.trunk import analyse
 
     trunk = analyse(load_model(files["small"]))
     cuts = {c.tensor for c in trunk.cuts}

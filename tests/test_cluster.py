@@ -1,4 +1,4 @@
-"""Tests for halpc.cluster: parsing, lookups, round-trip, and one-line error messages."""
+"""Tests for halpc.inputs.cluster: parsing, lookups, round-trip, and one-line error messages."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from halpc.cluster import (
+from halpc.inputs.cluster import (
     DEFAULT_BANDWIDTH_MBPS,
     DEFAULT_LATENCY_MS,
     Cluster,

@@ -18,13 +18,13 @@ import pytest
 
 import models  # examples/models.py
 from bundles import free_ports, local_cluster, save
-from halpc import netlab
+from halpc.measure import netlab
 from halpc.compile import compile_bundle
-from halpc.planner import predict_bundle
-from halpc.report import run_table
-from halpc.run import RunSummary
-from halpc.run import spawn_stubs
-from halpc.verify import random_inputs
+from halpc.planner.predict import predict_bundle
+from halpc.present.tables import run_table
+from halpc.host.run import RunSummary
+from halpc.host.run import spawn_stubs
+from halpc.host.verify import random_inputs
 from halpc_stub import wire
 from halpc_stub.host import HostSession, TaskResult
 from halpc_stub.manifest import load_manifest

@@ -37,7 +37,7 @@ import models  # examples/models.py
 from fuzzing import FUZZ, Cases
 from bundles import free_ports, local_cluster, save
 from halpc.compile import Variant, compile_bundle
-from halpc.verify import random_inputs
+from halpc.host.verify import random_inputs
 from halpc_stub import wire
 from halpc_stub.executor import host_store, run_program
 from halpc_stub.host import HostSession, TaskResult, _HostNode

@@ -21,7 +21,7 @@ import pytest
 
 import models  # examples/models.py (conftest puts examples/ on sys.path)
 from bundles import save
-from halpc.html import (COMPUTE_H, COMPUTE_Y, GAP, MIN_WIDTH, ROW_HEIGHT, SEND_H, SEND_Y, gantt_rects,
+from halpc.present.reports import (COMPUTE_H, COMPUTE_Y, GAP, MIN_WIDTH, ROW_HEIGHT, SEND_H, SEND_Y, gantt_rects,
                         time_ticks)
 from halpc.planner.cost import Event
 
@@ -241,8 +241,9 @@ def test_report_is_one_self_contained_page(report):
 def test_write_plan_report_replaces_atomically_or_fails_in_one_line(tmp_path):
     from bundles import local_cluster, trunk_of
     from halpc.errors import HalpcError
-    from halpc.html import write_plan_report
-    from halpc.planner import context, make_plan
+    from halpc.present.reports import write_plan_report
+    from halpc.planner.context import context
+    from halpc.planner.strategies import make_plan
 
     ctx = context(trunk_of(save(models.build("vgg16", 32, 32), tmp_path)), local_cluster(2))
     plans = {"local": make_plan(ctx, "local"), "even": make_plan(ctx, "even")}
@@ -371,8 +372,8 @@ def _run_inputs(tmp_path):
     """A Manifest of 3 devices and a RunSummary of 3 tasks, made by hand (no cluster runs)."""
     from bundles import local_cluster
     from halpc.planner.cost import Prediction
-    from halpc.run import RunSummary
-    from halpc.verify import OutputCheck
+    from halpc.host.run import RunSummary
+    from halpc.host.verify import OutputCheck
     from halpc_stub.host import TaskResult
     from halpc_stub.manifest import Manifest
 
@@ -420,7 +421,7 @@ def _run_inputs(tmp_path):
 
 
 def test_run_report_shows_measured_beside_predicted(tmp_path):
-    from halpc.html import PLOT_WIDTH, render_run_report, write_run_report
+    from halpc.present.reports import PLOT_WIDTH, render_run_report, write_run_report
 
     manifest, summary = _run_inputs(tmp_path)
     assert summary.median_task() == 2
@@ -469,7 +470,7 @@ def test_run_report_shows_measured_beside_predicted(tmp_path):
 
 def test_write_run_report_fails_in_one_line(tmp_path):
     from halpc.errors import HalpcError
-    from halpc.html import write_run_report
+    from halpc.present.reports import write_run_report
 
     manifest, summary = _run_inputs(tmp_path)
     folder = tmp_path / "reports"
@@ -481,7 +482,7 @@ def test_write_run_report_fails_in_one_line(tmp_path):
 
 
 def test_run_report_renders_in_chromium(tmp_path):
-    from halpc.html import write_run_report
+    from halpc.present.reports import write_run_report
 
     chromium = shutil.which("chromium")
     if chromium is None:

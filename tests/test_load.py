@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from halpc import netlab
+from halpc.measure import netlab
 
 LAB_UNAVAILABLE = netlab.available()
 LOAD_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"

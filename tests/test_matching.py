@@ -16,14 +16,14 @@ from collections import defaultdict
 
 import pytest
 
-from halpc.cluster import parse_cluster
+from halpc.inputs.cluster import parse_cluster
 from halpc.planner import matching as M
 from halpc.planner.matching import (
     EPS, STRATEGIES, Node, Partition, Source, alone, assign, blocking_pairs, cluster_link, compare,
     evaluate, format_table, greedy, match, partitions_by_capacity, random_assignment, selfish,
     simulate,
 )
-from halpc.strategies import SOURCE_BASELINES, SOURCE_STRATEGIES
+from halpc.planner.names import SOURCE_BASELINES, SOURCE_STRATEGIES
 
 FRAME_IN = 224 * 224 * 3  # a uint8 RGB frame
 FRAME_OUT = 4000

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from halpc import netlab
+from halpc.measure import netlab
 from halpc.errors import HalpcError
 
 _REASON = netlab.available()
@@ -95,7 +95,7 @@ def test_failed_setup_removes_what_it_created(monkeypatch):
 
 def test_objects_of_a_killed_process_are_removed_by_the_next_lab():
     child = subprocess.Popen(
-        [sys.executable, "-c", "from halpc import netlab; l = netlab.NetLab({'d': 10}); print(l.netns('d'), flush=True); input()"],
+        [sys.executable, "-c", "from halpc.measure import netlab; l = netlab.NetLab({'d': 10}); print(l.netns('d'), flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     tag = child.stdout.readline().strip()[:-2]
@@ -107,7 +107,7 @@ def test_objects_of_a_killed_process_are_removed_by_the_next_lab():
 
 
 def test_a_crashing_process_leaves_nothing_behind():
-    script = "from halpc import netlab; l = netlab.NetLab({'d': 10}); print(l.netns('d'), flush=True); 1/0"
+    script = "from halpc.measure import netlab; l = netlab.NetLab({'d': 10}); print(l.netns('d'), flush=True); 1/0"
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "ZeroDivisionError" in child.stderr
     assert not _leftovers(child.stdout.strip()[:-2])

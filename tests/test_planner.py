@@ -7,10 +7,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
-from halpc.cluster import parse_cluster
-from halpc.emit.schedule import build_schedule
-from halpc.planner import _layouts, compare, context, make_plan, predict
-from halpc.planner.cost import simulate
+from halpc.inputs.cluster import parse_cluster
+from halpc.planner.schedule import build_schedule
+from halpc.planner.strategies import _layouts, compare, make_plan
+from halpc.planner.context import context
+from halpc.planner.predict import predict
+from halpc.planner.cost import play as simulate
 from halpc.planner.search import EXHAUSTIVE_LIMIT, best_blocks, exhaustive_blocks
 
 # ---------------------------------------------------------------- cost model, by hand

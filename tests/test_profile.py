@@ -16,20 +16,12 @@ import pytest
 
 import models  # examples/models.py (conftest puts examples/ on sys.path)
 from bundles import save, trunk_of
-from halpc.cluster import load_cluster
+from halpc.inputs.cluster import load_cluster
 from halpc.errors import HalpcError, UsageError
-from halpc.planner import device_speeds
-from halpc.profile import (
-    ALL,
-    SCHEMA,
-    check_writable,
-    fit_line,
-    load_profile,
-    parse_heights,
-    profile_device,
-    profile_table,
-    write_profile,
-)
+from halpc.planner.context import device_speeds
+from halpc.inputs.profile_file import SCHEMA, load_profile, write_profile
+from halpc.measure.profiler import ALL, check_writable, fit_line, parse_heights, profile_device
+from halpc.present.tables import profile_table
 
 PROFILES = Path(__file__).resolve().parent.parent / "examples" / "profiles"
 ESTIMATES = ("raspberry_pi_4.json", "raspberry_pi_5.json", "jetson_nano_cpu.json")

@@ -1,7 +1,7 @@
 """Row arithmetic, checked against hand-computed cases (FINDINGS §1's formulas)."""
 from __future__ import annotations
 
-from halpc.rows import Upsample, Window, hull, intersect, proportional_split, subtract
+from halpc.analyse.rows import Upsample, Window, hull, intersect, proportional_split, subtract
 
 
 def test_conv3x3_pad1_interior_strip_reads_one_halo_row_each_side() -> None:

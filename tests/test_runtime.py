@@ -1,12 +1,13 @@
 """The runtime end to end: real `halpc-stub` processes on loopback, real sockets, real models.
 
 Each bundle's worker stubs are started from their own launch.sh (as on a board) on ports the
-kernel reports free; the host is this test process (`halpc.run.run`) or the `halpc run` command.
+kernel reports free; the host is this test process (`halpc.host.run.run`) or the `halpc run` command.
 Every output is compared bit for bit with the unsplit model.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,11 +19,11 @@ import zmq
 
 import models  # examples/models.py
 from bundles import free_ports, local_cluster, save
-from halpc import netlab
+from halpc.measure import netlab
 from halpc.compile import compile_bundle
-from halpc.run import local_popen, run, spawn_stubs
-from halpc.strategies import STRATEGIES
-from halpc.verify import random_inputs
+from halpc.host.run import local_popen, run, spawn_stubs
+from halpc.planner.names import STRATEGIES
+from halpc.host.verify import random_inputs
 from halpc_stub import keys, wire
 from halpc_stub.host import RunError
 from halpc_stub.manifest import load_manifest
@@ -130,7 +131,7 @@ def test_stub_of_another_plan_is_refused(tmp_path: Path) -> None:
     a = compile_local(tmp_path, "vgg16", 32, "even", insecure=True)
     b = tmp_path / "other"
     cluster = load_manifest(a).data["cluster"]
-    from halpc.cluster import Cluster
+    from halpc.inputs.cluster import Cluster
     compile_bundle(save(models.build("vgg16", 32, 32, seed=2), tmp_path, "v2.onnx"),
                    Cluster.from_dict(cluster), b, "even", insecure=True)
     with spawn_stubs(b, load_manifest(b)):
@@ -243,7 +244,9 @@ def test_run_and_stub_errors_are_one_line(tmp_path: Path) -> None:
     bundle = compile_local(tmp_path, "vgg16", 32, "even", devices=2)
 
     def one_line(argv: list, *words: str) -> None:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        # launch.sh runs $HALPC_PYTHON (as `halpc run --spawn` sets it): this venv's Python.
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "HALPC_PYTHON": sys.executable})
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr

@@ -17,8 +17,8 @@ import zmq
 import models  # examples/models.py
 from bundles import free_ports, local_cluster, save
 from halpc.compile import compile_bundle
-from halpc.run import run, spawn_stubs
-from halpc.verify import random_inputs
+from halpc.host.run import run, spawn_stubs
+from halpc.host.verify import random_inputs
 from halpc_stub import keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.host import HostSession, RunError

@@ -1,4 +1,4 @@
-"""`halpc plan` and `halpc simulate` for a cluster of several sources sharing helpers (halpc.sharing).
+"""`halpc plan` and `halpc simulate` for a cluster of several sources sharing helpers (halpc.whatif.sources).
 
 Two sources (MobileNet-V1 0.25 and ResNet-18, both 64x64) and three helpers. The CLI runs in this
 process (as in test_fuzz_cli.py: `halpc.cli.main` with stdout and stderr captured); its numbers
@@ -19,11 +19,11 @@ import pytest
 import models  # examples/models.py (conftest puts examples/ on sys.path)
 from bundles import save
 from halpc.cli import main as halpc_main
-from halpc.cluster import load_cluster
+from halpc.inputs.cluster import load_cluster
 from halpc.compile import compile_bundle, load_sources
 from halpc.planner import matching
 from halpc.planner.sources import compare_sources
-from halpc.sharing import sharing_from_manifest, sharing_json, sources_table
+from halpc.whatif.sources import sharing_from_manifest, sharing_json, sources_table
 
 SOURCES = ("cam-a", "cam-b")
 CLUSTER = """[network]

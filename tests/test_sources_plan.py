@@ -10,13 +10,13 @@ import pytest
 
 import models  # examples/models.py
 from bundles import save, trunk_of
-from halpc.cluster import Cluster, load_cluster, parse_cluster
+from halpc.inputs.cluster import Cluster, load_cluster, parse_cluster
 from halpc.compile import compile_bundle
 from halpc.errors import HalpcError
 from halpc.planner import matching
 from halpc.planner.sources import cutting, plan_sources
-from halpc.strips import block_io, strip_at, strip_macs
-from halpc.verify import verify
+from halpc.analyse.strips import block_io, strip_at, strip_macs
+from halpc.host.verify import verify
 from halpc_stub.manifest import load_manifest
 
 

@@ -19,12 +19,12 @@ import pytest
 
 import models  # examples/models.py
 from bundles import free_ports, save
-from halpc import netlab
-from halpc.cluster import parse_cluster
+from halpc.measure import netlab
+from halpc.inputs.cluster import parse_cluster
 from halpc.compile import compile_bundle
-from halpc.report import sources_run_table
-from halpc.run import run_sources, spawn_stubs
-from halpc.verify import random_inputs
+from halpc.present.tables import sources_run_table
+from halpc.host.run import run_sources, spawn_stubs
+from halpc.host.verify import random_inputs
 from halpc_stub import wire
 from halpc_stub.errors import BundleError
 from halpc_stub.host import HostSession

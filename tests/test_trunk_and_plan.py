@@ -14,8 +14,8 @@ import models
 from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
 from halpc.compile import compile_bundle
 from halpc.errors import HalpcError
-from halpc.plan import even_plan, plan_from_json
-from halpc.verify import verify
+from halpc.planner.plan import even_plan, plan_from_json
+from halpc.host.verify import verify
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_bundle_layout_manifest_and_weights(vgg, tmp_path) -> None:
     strip = onnx.load(str(out / "dev-1" / "block00_strip1.onnx"))
     assert {i.name for i in strip.graph.initializer} == {"conv1.weight", "conv1.bias"}
     onnx.checker.check_model(strip, full_check=True)
-    stub_files = len(list((Path(__file__).parent.parent / "runtime_stub").glob("*.py")))
+    stub_files = len(list((Path(__file__).parent.parent / "runtime_stub" / "halpc_stub").glob("*.py")))
     # Each worker folder carries the stub's source and a systemd unit beside its launcher.
     for device in ("dev-1", "dev-2"):
         assert len(list((out / device / "halpc_stub").glob("*.py"))) == stub_files

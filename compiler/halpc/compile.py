@@ -1,0 +1,250 @@
+"""The compile pipeline as one library call: model + cluster -> plan(s) -> bundle.
+
+One model and one cluster give a one-plan bundle. With `bandwidths` the model is also planned
+for each of those link rates, and with `variants` every variant of the model likewise (plus
+each variant run by the host alone), so that the host can choose per task, from the channel
+it measures and the deadline, which plan and which variant to run. Plans that come out the
+same are kept once, with every rate they serve; strips shared by plans are written once.
+
+A cluster of several sources names each source's model in the cluster file: every source gets a
+plan of its own (`planner.sources`: the matching game, or one of its baselines, or a one-host
+strategy such as halp planned by each source as if it were alone), all in one bundle.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from halpc.inputs.cluster import Cluster, load_cluster
+from halpc.emit.bundle import BundleSummary, PlanEntry, check_destination, write_plans
+from halpc.errors import HalpcError, UsageError
+from halpc.inputs.model import Shape, load_model
+from halpc.planner.plan import Plan, load_plan
+from halpc.planner.strategies import best_plan, make_plan
+from halpc.planner.context import context
+from halpc.planner.predict import predict
+from halpc.analyse.trunk import Trunk, analyse
+
+
+@dataclass(frozen=True)
+class Compiled:
+    trunk: Trunk  # the default plan's
+    plan: Plan
+    cluster: Cluster
+    bundle: BundleSummary
+    entries: tuple[PlanEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of a family (e.g. MobileNet-V1 at one width) with its top-1 accuracy."""
+
+    path: Path
+    accuracy: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def parse_variant(text: str) -> Variant:
+    """`FILE.onnx:ACCURACY` (top-1 %), or just `FILE.onnx`."""
+    path, sep, accuracy = text.rpartition(":")
+    if not sep or not accuracy or "/" in accuracy or accuracy.endswith(".onnx"):
+        return Variant(Path(text))
+    try:
+        value = float(accuracy)
+    except ValueError:
+        raise UsageError(f"--variant {text}: {accuracy!r} is not an accuracy; write FILE.onnx:70.6 "
+                         "(top-1 percent)") from None
+    if not 0 < value <= 100:
+        raise UsageError(f"--variant {text}: accuracy {value:g} is not a percentage in (0, 100]")
+    return Variant(Path(path), value)
+
+
+def parse_bandwidths(text: str) -> tuple[float, ...]:
+    """`10,25,50` (Mbit/s) -> (10.0, 25.0, 50.0), sorted, each > 0."""
+    try:
+        levels = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UsageError(f"--bandwidths {text}: give Mbit/s separated by commas, e.g. 10,25,50,100") from None
+    if not levels or levels[0] <= 0:
+        raise UsageError(f"--bandwidths {text}: give positive Mbit/s separated by commas, e.g. 10,25,50,100")
+    return tuple(levels)
+
+
+def at_bandwidth(cluster: Cluster, mbps: float) -> Cluster:
+    """The cluster with every link at `mbps` (latencies kept)."""
+    return dataclasses.replace(
+        cluster, network_bandwidth_mbps=mbps,
+        links=tuple(dataclasses.replace(link, bandwidth_mbps=mbps) for link in cluster.links),
+    )
+
+
+def without(cluster: Cluster, device: str) -> Cluster:
+    """The cluster less one helper device and its links."""
+    return dataclasses.replace(
+        cluster, devices=tuple(d for d in cluster.devices if d.name != device),
+        links=tuple(link for link in cluster.links if device not in (link.a, link.b)),
+    )
+
+
+def compile_bundle(
+    model: str | Path | None,
+    cluster: str | Path | Cluster,
+    out: str | Path,
+    strategy: str = "best",
+    plan: str | Path | Plan | None = None,
+    input_shapes: dict[str, Shape] | None = None,
+    *,
+    accuracy: float | None = None,
+    variants: Sequence[Variant] = (),
+    bandwidths: Sequence[float] = (),
+    deadline_ms: float | None = None,
+    insecure: bool = False,
+    spares: bool = False,
+) -> Compiled:
+    check_destination(Path(out))  # before any slow work: a wrong -o fails at once
+    if not isinstance(cluster, Cluster):
+        cluster = load_cluster(cluster)
+    if cluster.sources:
+        if model is not None or plan is not None or variants or bandwidths or spares or accuracy is not None:
+            raise UsageError(f"{cluster.source} names each source's model; leave out MODEL, --plan, --variant, "
+                             "--accuracy, --bandwidths and --fallback-plans with a cluster of sources")
+        return _compile_sources(cluster, out, strategy, input_shapes, deadline_ms, insecure)
+    if strategy == "matching":
+        raise UsageError(f"--strategy matching shares helpers among several sources; {cluster.source} has one "
+                         "host (mark the cameras source = true, each with model and rate_hz)")
+    if not variants and not bandwidths and not spares:
+        if model is None:
+            raise UsageError("give a MODEL, or its variants with --variant FILE.onnx:ACCURACY")
+        trunk = analyse(load_model(model, input_shapes))
+        chosen = _one_plan(trunk, cluster, strategy, plan)
+        entry = PlanEntry("default", trunk, chosen, accuracy=accuracy)
+        summary = write_plans([entry], cluster, out, deadline_ms, insecure)
+        return Compiled(trunk, chosen, cluster, summary, (entry,))
+    if plan is not None:
+        raise UsageError("--plan compiles one plan; leave out --bandwidths, --variant and --fallback-plans with it")
+    family = ([Variant(Path(model), accuracy)] if model is not None else []) + list(variants)
+    if model is None:  # the most accurate variant is the default
+        family.sort(key=lambda v: -(v.accuracy if v.accuracy is not None else -1.0))
+    trunks = _load_family(family, input_shapes)
+    entries = _plan_family(family, trunks, cluster, strategy, tuple(bandwidths), spares)
+    summary = write_plans(entries, cluster, out, deadline_ms, insecure)
+    return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
+
+
+def load_sources(cluster: Cluster, input_shapes: dict[str, Shape] | None = None) -> dict[str, Trunk]:
+    """Each source's model, analysed; two different models may not share a file name (the
+    bundle keeps each as reference/NAME.onnx)."""
+    trunks: dict[str, Trunk] = {}
+    by_name: dict[str, Trunk] = {}
+    for s in cluster.sources:
+        assert s.model is not None
+        trunk = trunks[s.name] = analyse(load_model(s.model, input_shapes))
+        other = by_name.setdefault(trunk.model.path.stem, trunk)
+        if other.model.sha256 != trunk.model.sha256:
+            raise HalpcError(f"{cluster.source}: two different models are named {trunk.model.path.name} "
+                             f"({other.model.path} and {trunk.model.path}); rename one of the files")
+    return trunks
+
+
+def _compile_sources(cluster: Cluster, out: str | Path, strategy: str, input_shapes: dict[str, Shape] | None,
+                     deadline_ms: float | None, insecure: bool) -> Compiled:
+    from halpc.planner.sources import STRATEGIES, plan_each, plan_sources
+
+    trunks = load_sources(cluster, input_shapes)
+    sharing = None
+    if strategy in ("best", *STRATEGIES):
+        planned = plan_sources(cluster, trunks, "matching" if strategy == "best" else strategy)
+        plans, sharing = planned.plans, planned.to_dict()
+    else:
+        plans = plan_each(cluster, trunks, strategy)
+    plans = _with_waits(cluster, trunks, plans)
+    entries = [PlanEntry(f"{s.name}/{plans[s.name].strategy}", trunks[s.name], plans[s.name],
+                         trunks[s.name].model.path.stem, host=s.name) for s in cluster.sources]
+    summary = write_plans(entries, cluster, out, deadline_ms, insecure, sharing)
+    return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
+
+
+def _with_waits(cluster: Cluster, trunks: dict[str, Trunk], plans: dict[str, Plan]) -> dict[str, Plan]:
+    """Each source's plan with `wait_ms`: the longest its frame may queue on a helper behind one
+    frame of every other source (their compute there, summed; the worst over its helpers). The
+    host's fault bound adds it, so that a helper busy with another source is not a dead one."""
+    busy: dict[str, dict[str, float]] = {}
+    for name, plan in plans.items():
+        timeline = predict(context(trunks[name], cluster.view(name)), plan)
+        busy[name] = {}
+        for e in timeline.events:
+            if e.kind == "compute" and e.device != name:
+                busy[name][e.device] = busy[name].get(e.device, 0.0) + e.end - e.start
+    out = {}
+    for name, plan in plans.items():
+        wait = max((sum(b.get(h, 0.0) for o, b in busy.items() if o != name) for h in busy[name]), default=0.0)
+        out[name] = dataclasses.replace(plan, predicted={**plan.predicted, "wait_ms": round(wait * 1e3, 3)})
+    return out
+
+
+def _one_plan(trunk: Trunk, cluster: Cluster, strategy: str, plan: str | Path | Plan | None) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if plan is not None:
+        return load_plan(plan, trunk, list(cluster.names))
+    ctx = context(trunk, cluster)
+    return best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
+
+
+def _load_family(family: list[Variant], input_shapes: dict[str, Shape] | None) -> list[Trunk]:
+    names = [v.name for v in family]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(f"two variants are named {name!r} (the file name); rename one of the files")
+    trunks = [analyse(load_model(v.path, input_shapes)) for v in family]
+    first = trunks[0].model.input_shapes
+    for variant, trunk in zip(family[1:], trunks[1:]):
+        if trunk.model.input_shapes != first:
+            raise HalpcError(
+                f"{variant.path}: inputs {trunk.model.input_shapes} differ from {family[0].path}'s {first}; "
+                "every variant must take the same inputs"
+            )
+    return trunks
+
+
+def _plan_family(family: list[Variant], trunks: list[Trunk], cluster: Cluster, strategy: str,
+                 bandwidths: tuple[float, ...], spares: bool = False) -> list[PlanEntry]:
+    """Per variant: the host alone, and a plan per link rate (the cluster's own rate first, so
+    the default plan is the first variant's at the rate the cluster file gives); with `spares`,
+    also a plan without each helper device (with two or more), which the host runs while that
+    device is down."""
+    several = len(family) > 1
+    levels = list(dict.fromkeys((cluster.network_bandwidth_mbps, *bandwidths)))
+    entries: list[PlanEntry] = []
+    for variant, trunk in zip(family, trunks):
+        prefix = f"{variant.name}/" if several else ""
+        found: dict[tuple, PlanEntry] = {}
+        for level in levels:
+            ctx = context(trunk, at_bandwidth(cluster, level))
+            plan = best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
+            key = (plan.blocks, plan.exchange)
+            if key in found:
+                old = found[key]
+                found[key] = dataclasses.replace(old, bandwidths=tuple(sorted((*old.bandwidths, level))))
+            else:
+                found[key] = PlanEntry(f"{prefix}{plan.strategy}@{level:g}", trunk, plan, variant.name,
+                                       variant.accuracy, (level,))
+        local = make_plan(context(trunk, cluster), "local")
+        if (local.blocks, local.exchange) in found:  # the host alone is already one of them
+            old = found[(local.blocks, local.exchange)]
+            found[(local.blocks, local.exchange)] = dataclasses.replace(old, id=f"{prefix}local", plan=local)
+        else:
+            found[(local.blocks, local.exchange)] = PlanEntry(f"{prefix}local", trunk, local, variant.name,
+                                                              variant.accuracy, ())
+        for spare in cluster.secondaries if spares and len(cluster.secondaries) > 1 else ():
+            ctx = context(trunk, without(cluster, spare.name))
+            plan = best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
+            found.setdefault((plan.blocks, plan.exchange), PlanEntry(
+                f"{prefix}{plan.strategy}-without-{spare.name}", trunk, plan, variant.name, variant.accuracy, ()))
+        entries.extend(found.values())
+    return entries

@@ -1,0 +1,235 @@
+"""Build the ONNX model of one strip of one block, and of the host's tail.
+
+The strip graph is the block's own nodes, copied, with the top/bottom pads of windowed layers
+edited so that each layer yields exactly the rows the strip needs. It carries only the weights
+its nodes use, and its inputs and outputs keep the original tensor names, so a manifest can say
+"rows 12..40 of conv3_1" and mean the same tensor in every file.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from halpc.emit.layout import ReferenceLayout
+from halpc.analyse.rows import Rows
+from halpc.analyse.strips import BlockIO, StripRows
+from halpc.analyse.trunk import Trunk, TensorInfo
+
+
+class CompilerBug(AssertionError):
+    """The compiler built a graph that contradicts its own row arithmetic."""
+
+
+def _value_info(name: str, info: TensorInfo, rows: Rows | None) -> onnx.ValueInfoProto:
+    shape = list(info.shape)
+    if rows is not None:
+        shape[info.row_axis] = rows[1] - rows[0]
+    return helper.make_tensor_value_info(name, info.elem_type, shape)
+
+
+def _set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
+    for attr in list(node.attribute):
+        if attr.name == name:
+            node.attribute.remove(attr)
+    node.attribute.append(helper.make_attribute(name, values))
+
+
+def _drop_attr(node: onnx.NodeProto, name: str) -> None:
+    for attr in list(node.attribute):
+        if attr.name == name:
+            node.attribute.remove(attr)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+class _Anchors:
+    """Identity MaxPools (1x1) that hand a layer its input in ORT's NCHWc layout.
+
+    See `layout.ReferenceLayout`: a layer that ran on NCHWc inputs in the unsplit model must do so
+    in the strip too, but a strip input or a Slice is plain NCHW to ONNX Runtime.
+    """
+
+    def __init__(self, nodes: list[onnx.NodeProto]) -> None:
+        self.nodes = nodes
+        self.made: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self.made:
+            out = f"{name}__nchwc"
+            self.nodes.append(helper.make_node("MaxPool", [name], [out], name=out, kernel_shape=[1, 1]))
+            self.made[name] = out
+        return self.made[name]
+
+
+def _graph_input(name: str, info: TensorInfo, rows: Rows | None, opaque: bool) -> onnx.ValueInfoProto:
+    """A graph input; `opaque` hides its channel count so ORT leaves a pool on it plain."""
+    value_info = _value_info(name, info, rows)
+    if opaque:
+        dim = value_info.type.tensor_type.shape.dim[1]
+        dim.Clear()
+        dim.dim_param = "channels"
+    return value_info
+
+
+def strip_model(
+    trunk: Trunk, io: BlockIO, rows: StripRows, name: str, layout: ReferenceLayout
+) -> onnx.ModelProto:
+    source = trunk.model.proto
+    opset = _opset(source)
+    inits = {init.name: init for init in source.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    slices: dict[tuple[str, Rows], str] = {}
+
+    def read(tensor: str, need: Rows) -> str:
+        """Name of a tensor holding exactly rows `need` of `tensor`, slicing when it holds more."""
+        have = rows.held[tensor]
+        if have == need:
+            return tensor
+        if (tensor, need) not in slices:
+            out = f"{tensor}__rows_{need[0]}_{need[1]}"
+            axis = trunk.tensors[tensor].row_axis
+            begin, end = need[0] - have[0], need[1] - have[0]
+            if opset < 10:
+                node = helper.make_node(
+                    "Slice", [tensor], [out], name=out, axes=[axis], starts=[begin], ends=[end]
+                )
+            else:
+                consts = []
+                for suffix, value in (("starts", begin), ("ends", end), ("axes", axis)):
+                    const = numpy_helper.from_array(
+                        np.array([value], dtype=np.int64), f"{out}__{suffix}"
+                    )
+                    new_inits.append(const)
+                    consts.append(const.name)
+                node = helper.make_node("Slice", [tensor, *consts], [out], name=out)
+            nodes.append(node)
+            slices[(tensor, need)] = out
+        return slices[(tensor, need)]
+
+    anchor = _Anchors(nodes)
+    opaque: set[str] = set()
+
+    used_inits: set[str] = set()
+    for layer in io.layers(trunk):
+        out_rows = rows.layer_rows.get(layer.position)
+        if out_rows is None:
+            continue
+        node = copy.deepcopy(layer.node)
+        for i, tensor in enumerate(node.input):
+            if tensor in layer.fmaps:
+                name_in = read(tensor, rows.needs[(layer.position, tensor)])
+                if name_in != tensor or tensor in rows.inputs:
+                    if layout.needs_blocked_input(layer.node):
+                        name_in = anchor(name_in)
+                    elif layout.needs_opaque_input(layer.node) and tensor in rows.inputs:
+                        opaque.add(tensor)
+                node.input[i] = name_in
+            elif tensor:
+                used_inits.add(tensor)
+        if layer.window is not None:
+            assert layer.pads is not None
+            top, bottom = layer.window.strip_pads(out_rows)
+            _drop_attr(node, "auto_pad")
+            _set_ints(node, "pads", [top, layer.pads[1], bottom, layer.pads[3]])
+        if layer.upsample is not None and len(node.input) > 3 and node.input[3]:
+            sizes = numpy_helper.to_array(inits[node.input[3]]).copy()
+            produced = layer.rows_produced(out_rows)
+            sizes[trunk.tensors[layer.outputs[0]].row_axis] = produced[1] - produced[0]
+            sized = numpy_helper.from_array(sizes, f"{node.input[3]}__{name}")
+            new_inits.append(sized)
+            used_inits.discard(node.input[3])
+            node.input[3] = sized.name
+        nodes.append(node)
+
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [_graph_input(t, trunk.tensors[t], r, t in opaque) for t, r in rows.inputs.items()],
+        [_value_info(t, trunk.tensors[t], r) for t, r in rows.outputs.items()],
+        initializer=[inits[n] for n in sorted(used_inits)] + new_inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=list(source.opset_import), producer_name="halpc"
+    )
+    model.ir_version = source.ir_version
+    _check_rows(trunk, rows, model, name)
+    return model
+
+
+def _check_rows(trunk: Trunk, rows: StripRows, model: onnx.ModelProto, name: str) -> None:
+    """Shape inference must agree with the row arithmetic, tensor by tensor."""
+    try:
+        onnx.checker.check_model(model)
+        inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    except (onnx.checker.ValidationError, shape_inference.InferenceError) as exc:
+        raise CompilerBug(f"{name}: the strip graph is invalid: {exc}") from exc
+    graph = inferred.graph
+    for value_info in list(graph.value_info) + list(graph.output):
+        tensor = value_info.name
+        if tensor not in rows.held:
+            continue
+        info = trunk.tensors[tensor]
+        dims = value_info.type.tensor_type.shape.dim
+        got = dims[info.row_axis].dim_value if len(dims) > info.row_axis else None
+        want = rows.held[tensor][1] - rows.held[tensor][0]
+        if got != want:
+            raise CompilerBug(f"{name}: {tensor} has {got} rows, the plan needs {want}")
+
+
+def tail_io(trunk: Trunk) -> tuple[list[str], list[str]] | None:
+    """Names the tail reads (trunk exits, other graph inputs, weights) and the outputs it makes."""
+    if not trunk.tail:
+        return None
+    produced = {o for node in trunk.tail for o in node.output}
+    consumed: list[str] = []
+    for node in trunk.tail:
+        for t in node.input:
+            if t and t not in produced and t not in consumed:
+                consumed.append(t)
+    outputs = [o.name for o in trunk.model.graph.output if o.name in produced]
+    return consumed, outputs
+
+
+def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
+    """The non-row-local rest of the model, run by the host on whole tensors; None if empty."""
+    io = tail_io(trunk)
+    if io is None:
+        return None
+    consumed, output_names = io
+    source = trunk.model.proto
+    nodes: list[onnx.NodeProto] = []
+    anchor = _Anchors(nodes)
+    opaque: set[str] = set()
+    for original in trunk.tail:
+        node = copy.deepcopy(original)
+        for i, t in enumerate(node.input):
+            if t in trunk.tensors and layout.needs_blocked_input(original):
+                node.input[i] = anchor(t)
+            elif t in trunk.tensors and layout.needs_opaque_input(original):
+                opaque.add(t)
+        nodes.append(node)
+    inits = {init.name: init for init in source.graph.initializer}
+    graph_inputs = {i.name: i for i in source.graph.input}
+    inputs = []
+    for t in consumed:
+        if t in trunk.tensors:
+            inputs.append(_graph_input(t, trunk.tensors[t], None, t in opaque))
+        elif t in graph_inputs:
+            inputs.append(graph_inputs[t])
+    graph = helper.make_graph(
+        nodes,
+        "tail",
+        inputs,
+        [o for o in source.graph.output if o.name in output_names],
+        initializer=[inits[t] for t in consumed if t in inits],
+    )
+    model = helper.make_model(graph, opset_imports=list(source.opset_import), producer_name="halpc")
+    model.ir_version = source.ir_version
+    onnx.checker.check_model(model)
+    return model

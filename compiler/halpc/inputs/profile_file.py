@@ -1,0 +1,60 @@
+"""A device profile file (schema `halpc-profile/1`): what `halpc profile` measured on one board.
+
+A cluster file references it with `profile = "device.json"` instead of `gmacs = ...`; the planner
+takes the device's GMAC/s and its fixed costs (per run, per message, reading weights) from it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from halpc.errors import HalpcError
+from halpc.files import write_atomic
+
+SCHEMA = "halpc-profile/1"
+
+
+def write_profile(profile: dict, path: str | os.PathLike[str]) -> Path:
+    """Write the profile as pretty JSON, atomically."""
+    return write_atomic(path, dumps(profile) + "\n", "the profile", option="output")
+
+
+def dumps(value, indent: int = 0) -> str:
+    """Pretty JSON with short lists on one line: `"samples": [[1, 0.04], [4, 0.09]]`."""
+    if isinstance(value, dict) and value:
+        pad = " " * (indent + 2)
+        items = (f"{pad}{json.dumps(str(k))}: {dumps(v, indent + 2)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        pad = " " * (indent + 2)
+        return "[\n" + ",\n".join(pad + dumps(v, indent + 2) for v in value) + "\n" + " " * indent + "]"
+    return json.dumps(value, allow_nan=False)
+
+
+def load_profile(path: str | os.PathLike[str]) -> dict:
+    """Read and check a profile; a HalpcError naming the file when it is not a usable one."""
+    src = Path(path)
+    try:
+        data = json.loads(src.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HalpcError(f"{src}: device profile not found; measure it with `halpc profile`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HalpcError(f"{src}: cannot read the device profile ({exc})") from None
+    except ValueError as exc:
+        raise HalpcError(f"{src}: not valid JSON ({exc}); measure it again with `halpc profile`") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise HalpcError(f"{src}: not a halpc device profile (schema must be {SCHEMA!r})")
+    gmacs = data.get("gmacs")
+    if isinstance(gmacs, bool) or not isinstance(gmacs, (int, float)) or not gmacs > 0 \
+            or gmacs == float("inf"):
+        raise HalpcError(f"{src}: gmacs must be a positive number, got {gmacs!r}")
+    if not isinstance(data.get("layers", {}), dict):
+        raise HalpcError(f"{src}: layers must be an object of per-layer timings")
+    return data
+
+
+def full_height_ms(entry: dict) -> float:
+    """A profiled layer's time at full height: the measured sample, else the fitted line's."""
+    return next((ms for rows, ms in entry["samples"] if rows == entry["rows"]),
+                entry["fixed_ms"] + entry["per_row_ms"] * entry["rows"])

@@ -1,0 +1,142 @@
+"""What every strategy planned for one model and one cluster shares: device costs and caches.
+
+A device's costs come from the cluster file (`gmacs`) or its measured profile, read once per
+device: GMAC/s, and where the profile measured them, the fixed cost of a model run, of reading a
+strip's weights and of a message. `Context.block_cost` is the DP's cost of one block after another.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from halpc.analyse.strips import BlockIO, block_io
+from halpc.analyse.trunk import Trunk
+from halpc.inputs.cluster import Cluster
+from halpc.inputs.profile_file import load_profile
+from halpc.planner.cost import cluster_transfer, play, step_seconds
+from halpc.planner.plan import BlockPlan, Strip
+from halpc.planner.schedule import Scheduler, StripJob, block_jobs
+
+
+@dataclass(frozen=True)
+class DeviceCosts:
+    """What the cost model knows of one device."""
+
+    gmacs: float
+    run_overhead_s: float = 0.0  # per model run
+    weight_gbps: float | None = None  # reading a strip's weights from memory (None: free)
+    message_overhead_s: float = 0.0  # per message sent or taken in
+
+
+def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
+    """Each device's costs: the cluster file's `gmacs`, else its profile's; the fixed costs from
+    its profile where it has one (each profile read once)."""
+    costs = {}
+    for d in cluster.devices:
+        profile = load_profile(d.profile) if d.profile else {}
+        gmacs = d.gmacs if d.gmacs is not None else float(profile["gmacs"])
+
+        def figure(key: str, scale: float = 1.0) -> float | None:
+            value = profile.get(key)
+            return None if value is None else float(value) * scale
+
+        costs[d.name] = DeviceCosts(gmacs, figure("per_run_overhead_ms", 1e-3) or 0.0, figure("weight_gbps"),
+                                    figure("per_message_overhead_ms", 1e-3) or 0.0)
+    return costs
+
+
+def device_speeds(cluster: Cluster) -> dict[str, float]:
+    """GMAC/s per device."""
+    return {name: c.gmacs for name, c in device_costs(cluster).items()}
+
+
+def context(trunk: Trunk, cluster: Cluster) -> Context:
+    """A measured profile also gives the fixed costs of a model run, of reading its weights and
+    of a message, which dominate when a plan has many thin strips."""
+    costs = device_costs(cluster)
+    return Context(trunk, cluster, {d: c.gmacs for d, c in costs.items()},
+                   {d: c.run_overhead_s for d, c in costs.items() if c.run_overhead_s},
+                   {d: c.weight_gbps for d, c in costs.items() if c.weight_gbps is not None},
+                   {d: c.message_overhead_s for d, c in costs.items() if c.message_overhead_s})
+
+
+@dataclass
+class Context:
+    """A model, a cluster and caches shared by every strategy planned for them."""
+
+    trunk: Trunk
+    cluster: Cluster
+    speeds: dict[str, float]  # GMAC/s
+    overheads: dict[str, float] = field(default_factory=dict)  # seconds per model run
+    weight_rates: dict[str, float] = field(default_factory=dict)  # GB/s reading weights
+    message_overheads: dict[str, float] = field(default_factory=dict)  # seconds per message
+    _jobs: dict = field(default_factory=dict)
+    _costs: dict = field(default_factory=dict)
+    _alone: dict = field(default_factory=dict)  # makespan of a block on its own
+    memo: dict = field(default_factory=dict)  # for layout choosers
+
+    def __post_init__(self) -> None:
+        self.tensor_specs = tensor_specs(self.trunk)
+        self.transfer = cluster_transfer(self.cluster)
+
+    @property
+    def positions(self) -> list[int]:
+        return [0] + [c.position for c in self.trunk.cuts] + [len(self.trunk.layers)]
+
+    def io(self, start: int, stop: int) -> BlockIO:
+        key = ("io", start, stop)
+        if key not in self.memo:
+            self.memo[key] = block_io(self.trunk, start, stop)
+        return self.memo[key]
+
+    def jobs(self, start: int, stop: int, strips: tuple[Strip, ...]) -> list[StripJob]:
+        """The block's strip jobs (numbered as block 0: costing does not need the position)."""
+        key = (start, stop, strips)
+        if key not in self._jobs:
+            self._jobs[key] = block_jobs(self.trunk, 0, self.io(start, stop), strips)
+        return self._jobs[key]
+
+    def compute_seconds(self, device: str, step: dict) -> float:
+        return step_seconds(step, self.speeds[device], self.overheads.get(device, 0.0),
+                            self.weight_rates.get(device))
+
+    def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
+        """Seconds `block` adds to the timeline after `prev`, all devices starting `prev` together.
+
+        Rows `block` needs from other devices leave as soon as `prev`'s strip that computed
+        them is done, so a block's transfers can hide behind the end of the block before it:
+        the cost is the makespan of the two blocks played together less that of `prev` alone.
+        """
+        key = (prev, block, gather)
+        if key not in self._costs:
+            names = list(self.cluster.names)
+            host = self.cluster.host.name
+            scheduler = Scheduler(self.trunk, names, host, gather)
+            before = 0.0
+            if prev is not None:
+                scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)
+                if (prev, gather) not in self._alone:
+                    self._alone[(prev, gather)] = self._makespan(scheduler.programs())
+                before = self._alone[(prev, gather)]
+            exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips))
+            programs = scheduler.programs()
+            programs[host] = programs[host] + exit_recvs
+            if block.stop == len(self.trunk.layers):
+                programs[host] += scheduler.finish()
+            self._costs[key] = self._makespan(programs) - before
+        return self._costs[key]
+
+    def message_seconds(self, device: str) -> float:
+        return self.message_overheads.get(device, 0.0)
+
+    def _makespan(self, programs: dict) -> float:
+        return play(programs, self.cluster.host.name, self.compute_seconds, self.transfer,
+                        self.tensor_specs, self.message_seconds, record=False).makespan_s
+
+
+
+def tensor_specs(trunk: Trunk) -> dict[str, dict]:
+    """Each trunk tensor's shape, dtype and row axis, as the manifest and the cost model read them."""
+    return {
+        t: {"shape": list(i.shape), "dtype": i.dtype, "row_axis": i.row_axis}
+        for t, i in trunk.tensors.items()
+    }

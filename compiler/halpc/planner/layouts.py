@@ -1,0 +1,197 @@
+"""How a block's rows are laid out over the devices.
+
+- `host_only`: the host computes the block alone.
+- `contiguous`: one strip per device in cluster order (host first), sized so that every
+  device's compute, halo included, takes the same time at its speed. DPFP and the baselines.
+- `halp`: secondaries get strips whose input segments do not overlap (no halo is sent twice);
+  the host computes the overlapping zones between them, plus a strip of its own at the top,
+  sized so that all finish together. In the first block the host also sends every secondary its
+  segment, one after the other, while it computes: later secondaries start later and get less.
+- `boundary_first`: halp's layout with every device's rows next to a neighbour as a strip of
+  their own, run first (halp's strategy uses this one).
+"""
+from __future__ import annotations
+
+from halpc.planner.plan import Strip
+from halpc.planner.context import Context
+from halpc.analyse.rows import Rows
+from halpc.analyse.strips import block_io, strip_at, strip_macs
+
+ROUNDS = 4
+EDGE_FRACTION = 4  # boundary_first: a device's edge strips take this fraction of its rows
+
+
+def _strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> tuple[float, Rows]:
+    key = ("strip", io.start, io.stop, device, tuple(bounds), j)
+    if key not in ctx.memo:
+        ctx.memo[key] = _compute_strip_seconds(ctx, io, device, bounds, j)
+    return ctx.memo[key]
+
+
+def _compute_strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> tuple[float, Rows]:
+    rows = strip_at(ctx.trunk, io, bounds, j)
+    seconds = strip_macs(ctx.trunk, io, rows) / (ctx.speeds[device] * 1e9)
+    return seconds, rows.inputs.get(io.inputs[0], (0, 0))
+
+
+def _integer_sizes(weights: list[float], total: int) -> list[int]:
+    """Sizes >= 1 summing to `total`, proportional to `weights` (largest remainders)."""
+    scale = sum(weights)
+    raw = [max(w, 1e-9) / scale * total for w in weights]
+    sizes = [max(1, int(r)) for r in raw]
+    while sum(sizes) > total:
+        i = max(range(len(sizes)), key=lambda k: (sizes[k] - raw[k], sizes[k]))
+        sizes[i] -= 1
+    while sum(sizes) < total:
+        i = max(range(len(sizes)), key=lambda k: raw[k] - sizes[k])
+        sizes[i] += 1
+    return sizes
+
+
+def host_only(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
+    """The host computes the whole block: right where the links are too slow to gain."""
+    rows = ctx.trunk.tensors[block_io(ctx.trunk, start, stop).reference].rows
+    return (Strip(ctx.cluster.host.name, (0, rows)),)
+
+
+def contiguous(ctx: Context, start: int, stop: int, devices: list[str] | None = None,
+               balance: bool = True) -> tuple[Strip, ...]:
+    io = block_io(ctx.trunk, start, stop)
+    rows = ctx.trunk.tensors[io.reference].rows
+    devices = (devices or list(ctx.cluster.names))[:rows]
+    weights = [ctx.speeds[d] for d in devices]
+    sizes = _integer_sizes(weights, rows)
+    for _ in range(ROUNDS if balance else 0):
+        bounds = [0]
+        for size in sizes:
+            bounds.append(bounds[-1] + size)
+        seconds = [_strip_seconds(ctx, io, d, bounds, j)[0] for j, d in enumerate(devices)]
+        mean = sum(seconds) / len(seconds)
+        weights = [size * mean / max(t, 1e-12) for size, t in zip(sizes, seconds)]
+        new = _integer_sizes(weights, rows)
+        if new == sizes:
+            break
+        sizes = new
+    strips, at = [], 0
+    for device, size in zip(devices, sizes):
+        strips.append(Strip(device, (at, at + size)))
+        at += size
+    return tuple(strips)
+
+
+def halp(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
+    io = block_io(ctx.trunk, start, stop)
+    rows = ctx.trunk.tensors[io.reference].rows
+    host = ctx.cluster.host.name
+    secondaries = list(ctx.cluster.names[1:])
+    if not secondaries or rows < 2 * len(secondaries) + 1:
+        return contiguous(ctx, start, stop)
+    weights = [ctx.speeds[d] for d in [host, *secondaries]]
+    best: tuple[float, tuple[Strip, ...]] | None = None
+    tried: set[tuple[int, ...]] = set()
+    for _ in range(ROUNDS):
+        sizes = _integer_sizes(weights, rows)
+        if tuple(sizes) in tried:
+            break
+        tried.add(tuple(sizes))
+        strips = _halp_layout(ctx, io, rows, host, secondaries, sizes)
+        finish = _halp_finish(ctx, io, strips, first=start == 0)
+        worst = max(finish.values())
+        if best is None or worst < best[0]:
+            best = (worst, strips)
+        mean = sum(finish.values()) / len(finish)
+        owned = {d: sum(s.rows[1] - s.rows[0] for s in strips if s.device == d) for d in finish}
+        weights = [max(owned[d], 0.5) * mean / max(finish[d], 1e-12) for d in [host, *secondaries]]
+    assert best is not None
+    return best[1]
+
+
+def _halp_layout(ctx: Context, io, rows: int, host: str, secondaries: list[str],
+                 sizes: list[int]) -> tuple[Strip, ...]:
+    """Secondaries laid out bottom-up, each as close below the next as their inputs allow.
+
+    The host takes the zone between two secondaries (as narrow as keeps their input segments
+    disjoint) and the rows above the first one.
+    """
+    strips: list[Strip] = []
+    bottom = rows  # first row of what is laid out so far
+    below: Rows | None = None  # input segment of the secondary just below
+    for device, size in zip(reversed(secondaries), reversed(sizes[1:])):
+        stop = bottom
+        start = max(stop - size, 1)
+        segment = _input_rows(ctx, io, (start, stop)) if start < stop else None
+        while segment is not None and below is not None and segment[1] > below[0]:
+            stop -= 1
+            start = max(stop - size, 1)
+            segment = _input_rows(ctx, io, (start, stop)) if start < stop else None
+        if stop < bottom:
+            strips.append(Strip(host, (stop, bottom)))
+        if segment is not None:
+            strips.append(Strip(device, (start, stop)))
+            below, bottom = segment, start
+        else:
+            bottom = stop
+    if bottom > 0:
+        strips.append(Strip(host, (0, bottom)))
+    return _merge(tuple(reversed(strips)))
+
+
+def _merge(strips: tuple[Strip, ...]) -> tuple[Strip, ...]:
+    merged: list[Strip] = []
+    for strip in strips:
+        if merged and merged[-1].device == strip.device and merged[-1].rows[1] == strip.rows[0]:
+            merged[-1] = Strip(strip.device, (merged[-1].rows[0], strip.rows[1]))
+        else:
+            merged.append(strip)
+    return tuple(merged)
+
+
+def _input_rows(ctx: Context, io, out: Rows) -> Rows:
+    """Rows of the block's input that output rows `out` need."""
+    key = ("input_rows", io.start, io.stop, out)
+    if key not in ctx.memo:
+        ctx.memo[key] = _compute_input_rows(ctx, io, out)
+    return ctx.memo[key]
+
+
+def _compute_input_rows(ctx: Context, io, out: Rows) -> Rows:
+    rows = ctx.trunk.tensors[io.reference].rows
+    bounds = sorted({0, out[0], out[1], rows})
+    return strip_at(ctx.trunk, io, bounds, bounds.index(out[0])).inputs[io.inputs[0]]
+
+
+def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> dict[str, float]:
+    """Each device's finish time for the block: compute, after its input arrives (first block)."""
+    host = ctx.cluster.host.name
+    bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
+    finish: dict[str, float] = {d: 0.0 for d in ctx.cluster.names}
+    link_free = 0.0
+    row_bytes = ctx.trunk.tensors[io.inputs[0]].row_bytes
+    for j, strip in enumerate(strips):
+        seconds, needed = _strip_seconds(ctx, io, strip.device, bounds, j)
+        start = 0.0
+        if first and strip.device != host:
+            link = ctx.cluster.link(host, strip.device)
+            link_free += (needed[1] - needed[0]) * row_bytes * 8 / (link.bandwidth_mbps * 1e6)
+            start = link_free + link.latency_ms / 1e3
+        finish[strip.device] = max(finish[strip.device], start) + seconds
+    return finish
+
+
+def boundary_first(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
+    """halp's layout with each device's rows next to another device's cut off into a strip of
+    their own, which the scheduler runs first: the rows a neighbour needs for the next block
+    leave while the device computes the rest of its share."""
+    strips = halp(ctx, start, stop)
+    out: list[Strip] = []
+    for j, strip in enumerate(strips):
+        a, b = strip.rows
+        edge = max(1, (b - a) // EDGE_FRACTION)
+        top = j > 0 and strips[j - 1].device != strip.device
+        bottom = j + 1 < len(strips) and strips[j + 1].device != strip.device
+        cuts = sorted({a, b, *([a + edge] if top else []), *([b - edge] if bottom else [])})
+        if b - a < 2 * edge + 1 or len(cuts) == 2:
+            out.append(strip)
+            continue
+        out += [Strip(strip.device, (x, y)) for x, y in zip(cuts, cuts[1:])]
+    return tuple(out)

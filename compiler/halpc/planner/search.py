@@ -1,0 +1,95 @@
+"""Choosing blocks: dynamic programming over cut points, and the exhaustive oracle that checks it.
+
+The planning objective is additive over blocks: a block's cost is the time its own steps take
+when every device starts it together, given who holds which rows after the block before it
+(that decides what must be exchanged). Strip layouts are a function of the block alone, so the
+state of the DP is the pair (previous block, this boundary) and the DP is exact for this
+objective: `exhaustive` enumerates every set of cut points with the same costs and must agree.
+The full timeline of the chosen plan, with overlap across blocks, is predicted by `cost.play`.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+from halpc.errors import HalpcError
+from halpc.planner.plan import BlockPlan, Strip
+from halpc.planner.context import Context
+
+Layout = Callable[[int, int], tuple[Strip, ...]]  # (start, stop) -> strips of that block
+EXHAUSTIVE_LIMIT = 300_000  # plans: (layouts + 1) ** cut points
+MAX_BLOCK_CUTS = 6  # a block spans at most this many cut points: deeper ones redo too much halo (and cost planning time)
+
+
+def plan_cost(ctx: Context, blocks: list[BlockPlan], gather: bool = False) -> float:
+    total, prev = 0.0, None
+    for block in blocks:
+        total += ctx.block_cost(prev, block, gather)
+        prev = block
+    return total
+
+
+def best_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], float]:
+    """Dynamic programming over block boundaries and each block's layout: table, then backtrack.
+
+    A table entry is keyed by the last block (start, stop, layout index) and holds the best
+    cost of blocks covering [0, stop) that end with it, and the entry before it.
+    """
+    positions = ctx.positions
+    end = positions[-1]
+    options = range(len(layouts))
+    table: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
+    for stop in positions[1 : MAX_BLOCK_CUTS + 2]:
+        for o in options:
+            table[(0, stop, o)] = (ctx.block_cost(None, _block(layouts, 0, stop, o)), None)
+    for i, start in enumerate(positions[1:-1], start=1):
+        entering = [k for k in table if k[1] == start]
+        for stop in positions[i + 1 : i + MAX_BLOCK_CUTS + 2]:
+            for o in options:
+                block = _block(layouts, start, stop, o)
+                best = None
+                for prev in entering:
+                    cost = table[prev][0] + ctx.block_cost(_block(layouts, *prev), block)
+                    if best is None or cost < best[0]:
+                        best = (cost, prev)
+                if best is not None:
+                    table[(start, stop, o)] = best
+    cost, key = min((table[k][0], k) for k in table if k[1] == end)
+    blocks = []
+    while key is not None:
+        blocks.append(_block(layouts, *key))
+        key = table[key][1]
+    return blocks[::-1], cost
+
+
+def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], float]:
+    """Every set of cut points and every layout of each block, costed as the DP costs them."""
+    cuts = ctx.positions[1:-1]
+    if (len(layouts) + 1) ** len(cuts) > EXHAUSTIVE_LIMIT:
+        raise HalpcError(
+            f"--strategy exhaustive would try about {(len(layouts) + 1) ** len(cuts):.2g} plans "
+            f"for {len(cuts)} cut points; it is for small models (use dpfp or halp, which it "
+            "proves optimal)"
+        )
+    best: tuple[float, list[BlockPlan]] | None = None
+    for count in range(len(cuts) + 1):
+        for chosen in itertools.combinations(cuts, count):
+            bounds = [0, *chosen, ctx.positions[-1]]
+            spans = list(zip(bounds, bounds[1:]))
+            if any(_cuts_spanned(ctx, a, b) > MAX_BLOCK_CUTS for a, b in spans):
+                continue
+            for choice in itertools.product(range(len(layouts)), repeat=len(spans)):
+                blocks = [_block(layouts, a, b, o) for (a, b), o in zip(spans, choice)]
+                cost = plan_cost(ctx, blocks)
+                if best is None or cost < best[0]:
+                    best = (cost, blocks)
+    assert best is not None
+    return best[1], best[0]
+
+
+def _cuts_spanned(ctx: Context, start: int, stop: int) -> int:
+    return sum(1 for p in ctx.positions if start < p < stop)
+
+
+def _block(layouts: list[Layout], start: int, stop: int, option: int) -> BlockPlan:
+    return BlockPlan(start, stop, layouts[option](start, stop))

@@ -1,0 +1,112 @@
+"""Planning strategies, all costed by one model (`cost`), and the predicted timeline of a plan.
+
+- local: the host runs everything.
+- even: a block at every cut point, equal rows per device (a reference point, no cost model).
+- modnn: layer-wise (MoDNN): a block at every cut point, rows by device speed, and every
+  block's output gathered by the host, which hands out what the next block needs.
+- ftp: DeepThings' fused tile partitioning: one fused block of the first layers in equal
+  strips (the depth that the cost model likes best), the host runs the rest.
+- dpfp: dynamic programming over block boundaries, balanced contiguous strips, rows exchanged
+  device to device between blocks.
+- halp: the same DP with host-assisted strips (see `layouts.halp`).
+- exhaustive: every set of cut points, with dpfp's and halp's strips: the oracle for both.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from halpc.analyse.strips import block_io
+from halpc.errors import HalpcError
+from halpc.planner import layouts
+from halpc.planner.context import Context
+from halpc.planner.names import STRATEGIES
+from halpc.planner.plan import BlockPlan, Plan, Strip, even_plan
+from halpc.planner.predict import predict
+from halpc.planner.search import best_blocks, exhaustive_blocks, plan_cost
+
+
+def make_plan(ctx: Context, strategy: str) -> Plan:
+    trunk = ctx.trunk
+    end = len(trunk.layers)
+    host = ctx.cluster.host.name
+    objective = None
+    exchange = "direct"
+    if strategy == "local":
+        rows = trunk.tensors[block_io(trunk, 0, end).reference].rows
+        blocks = [BlockPlan(0, end, (Strip(host, (0, rows)),))]
+    elif strategy == "even":
+        blocks = list(even_plan(trunk, list(ctx.cluster.names)).blocks)
+    elif strategy == "modnn":
+        positions = ctx.positions
+        blocks = [BlockPlan(a, b, layouts.contiguous(ctx, a, b, balance=False))
+                  for a, b in zip(positions, positions[1:])]
+        exchange = "host"
+    elif strategy == "ftp":
+        blocks = _ftp(ctx)
+    elif strategy in ("dpfp", "halp"):
+        blocks, objective = best_blocks(ctx, _layouts(ctx, strategy))
+        # The DP's objective adds blocks pairwise; on the full timeline a plan it prefers can
+        # lose to one with fewer choices. Keep the promise: halp is never predicted slower
+        # than dpfp, nor either slower than local.
+        ours = round(predict(ctx, _plan(ctx, strategy, blocks)).latency_s * 1e3, 3)
+        for simpler in ("local", "dpfp") if strategy == "halp" else ("local",):
+            other = make_plan(ctx, simpler)
+            if other.predicted["latency_ms"] < ours:
+                blocks, objective, ours = list(other.blocks), None, other.predicted["latency_ms"]
+    elif strategy == "exhaustive":
+        blocks, objective = exhaustive_blocks(ctx, _layouts(ctx, "halp"))
+    else:
+        raise HalpcError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    plan = _plan(ctx, strategy, blocks, exchange)
+    prediction = predict(ctx, plan)
+    predicted = {"latency_ms": round(prediction.latency_s * 1e3, 3)}
+    if objective is not None:
+        predicted["objective_ms"] = round(objective * 1e3, 3)
+    return Plan(plan.strategy, plan.model_sha256, plan.input_shapes, plan.blocks, predicted,
+                exchange)
+
+
+def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan:
+    trunk = ctx.trunk
+    return Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), tuple(blocks),
+                exchange=exchange)
+
+
+def _layouts(ctx: Context, strategy: str):
+    """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
+    worse than local); halp may also choose host-assisted strips (so it is never worse than
+    dpfp). All under the cost model."""
+    choosers = [layouts.host_only, layouts.contiguous]
+    if strategy == "halp":
+        choosers += [layouts.boundary_first]
+    return [lru_cache(maxsize=None)(lambda a, b, f=f: f(ctx, a, b)) for f in choosers]
+
+
+def _ftp(ctx: Context) -> list[BlockPlan]:
+    """One fused block of the first layers in equal strips; the host runs the rest alone."""
+    trunk = ctx.trunk
+    end = len(trunk.layers)
+    host = ctx.cluster.host.name
+    best = None
+    for cut in ctx.positions[1:]:
+        fused = BlockPlan(0, cut, layouts.contiguous(ctx, 0, cut, balance=False))
+        blocks = [fused]
+        if cut < end:
+            rows = trunk.tensors[block_io(trunk, cut, end).reference].rows
+            blocks.append(BlockPlan(cut, end, (Strip(host, (0, rows)),)))
+        cost = plan_cost(ctx, blocks)
+        if best is None or cost < best[0]:
+            best = (cost, blocks)
+    assert best is not None
+    return best[1]
+
+
+def compare(ctx: Context, strategies: tuple[str, ...] | None = None) -> dict[str, Plan]:
+    """Plans of several strategies; exhaustive only where the model is small enough."""
+    names = strategies or tuple(s for s in STRATEGIES if s != "exhaustive")
+    return {name: make_plan(ctx, name) for name in names}
+
+
+def best_plan(ctx: Context) -> Plan:
+    plans = compare(ctx)
+    return min(plans.values(), key=lambda p: p.predicted["latency_ms"])

@@ -1,0 +1,1 @@
+"""What people read: text tables, self-contained HTML reports, chart geometry, units."""
