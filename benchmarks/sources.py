@@ -152,7 +152,7 @@ def _predicted(manifest) -> dict[str, tuple[float, float, float]]:
         return {}
     sources, nodes, link = sharing_from_manifest(manifest.data)
     assignment = {(name, k): p["node"] for name, s in sharing["sources"].items() for k, p in enumerate(s["partitions"])}
-    sim = matching.simulate(assignment, sources, nodes, link, 20.0)
+    sim = matching.play_frames(assignment, sources, nodes, link, 20.0)
     return {name: (s["predicted_ms"], sim[name].mean_s * 1e3, sim[name].p95_s * 1e3)
             for name, s in sharing["sources"].items()}
 

@@ -15,8 +15,9 @@ import pytest
 
 from halpc.host.adapt import POLICIES, Choice, LinkEstimator, PlanOption, cached, choose
 from halpc.errors import HalpcError
-from halpc.whatif.replay import (PolicyResult, TaskRecord, reliability_curve, render_simulation_report, replay,
-                            replay_all, strips, summary_table, write_simulation_report)
+from halpc.present.replay_report import render_simulation_report, strips, write_simulation_report
+from halpc.present.tables import replay_table as summary_table
+from halpc.whatif.replay import PolicyResult, TaskRecord, reliability_curve, replay, replay_all
 from halpc.whatif.trace import Trace, load_trace, write_csv
 
 DEV = ["dev-1"]
@@ -495,17 +496,17 @@ def test_report_renders_self_contained(tmp_path):
 
 
 def test_report_written_atomically(tmp_path, monkeypatch):
-    import halpc.present.reports
+    import halpc.files
 
     results, curves, trace, devices = _report(tmp_path)
     replaced = []
-    real_replace = halpc.present.reports.os.replace
+    real_replace = halpc.files.os.replace
 
     def spy(src, dst):
         replaced.append((str(src), str(dst)))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(halpc.present.reports.os, "replace", spy)
+    monkeypatch.setattr(halpc.files.os, "replace", spy)
     out = tmp_path / "reports" / "sim.html"
     write_simulation_report(out, "sim", results, curves, trace, devices, 0.06)
     assert out.read_text().startswith("<!DOCTYPE html>")

@@ -21,8 +21,8 @@ import pytest
 
 import models  # examples/models.py (conftest puts examples/ on sys.path)
 from bundles import save
-from halpc.present.reports import (COMPUTE_H, COMPUTE_Y, GAP, MIN_WIDTH, ROW_HEIGHT, SEND_H, SEND_Y, gantt_rects,
-                        time_ticks)
+from halpc.present.charts import (COMPUTE_H, COMPUTE_Y, GAP, MIN_WIDTH, ROW_HEIGHT, SEND_H, SEND_Y, gantt_rects,
+                                  time_ticks)
 from halpc.planner.cost import Event
 
 # Speeds and one slower link differ on purpose, so the charts are not all alike.
@@ -241,7 +241,7 @@ def test_report_is_one_self_contained_page(report):
 def test_write_plan_report_replaces_atomically_or_fails_in_one_line(tmp_path):
     from bundles import local_cluster, trunk_of
     from halpc.errors import HalpcError
-    from halpc.present.reports import write_plan_report
+    from halpc.present.plan_report import write_plan_report
     from halpc.planner.context import context
     from halpc.planner.strategies import make_plan
 
@@ -421,7 +421,8 @@ def _run_inputs(tmp_path):
 
 
 def test_run_report_shows_measured_beside_predicted(tmp_path):
-    from halpc.present.reports import PLOT_WIDTH, render_run_report, write_run_report
+    from halpc.present.charts import PLOT_WIDTH
+    from halpc.present.run_report import render_run_report, write_run_report
 
     manifest, summary = _run_inputs(tmp_path)
     assert summary.median_task() == 2
@@ -470,7 +471,7 @@ def test_run_report_shows_measured_beside_predicted(tmp_path):
 
 def test_write_run_report_fails_in_one_line(tmp_path):
     from halpc.errors import HalpcError
-    from halpc.present.reports import write_run_report
+    from halpc.present.run_report import write_run_report
 
     manifest, summary = _run_inputs(tmp_path)
     folder = tmp_path / "reports"
@@ -482,7 +483,7 @@ def test_write_run_report_fails_in_one_line(tmp_path):
 
 
 def test_run_report_renders_in_chromium(tmp_path):
-    from halpc.present.reports import write_run_report
+    from halpc.present.run_report import write_run_report
 
     chromium = shutil.which("chromium")
     if chromium is None:

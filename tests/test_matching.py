@@ -17,13 +17,14 @@ from collections import defaultdict
 import pytest
 
 from halpc.inputs.cluster import parse_cluster
-from halpc.planner import matching as M
 from halpc.planner.matching import (
     EPS, STRATEGIES, Node, Partition, Source, alone, assign, blocking_pairs, cluster_link, compare,
-    evaluate, format_table, greedy, match, partitions_by_capacity, random_assignment, selfish,
-    simulate,
+    evaluate, greedy, match, partitions_by_capacity, random_assignment, selfish,
+    play_frames,
 )
+from halpc.planner.matching.game import potential
 from halpc.planner.names import SOURCE_BASELINES, SOURCE_STRATEGIES
+from halpc.present.tables import sources_latency_table as format_table
 
 FRAME_IN = 224 * 224 * 3  # a uint8 RGB frame
 FRAME_OUT = 4000
@@ -237,7 +238,7 @@ def test_cost_model_by_hand() -> None:
     assert ev.latency == pytest.approx({"a": 0.012})
     assert ev.utilization == pytest.approx({"h": 10 * 0.006, "a": 10 * 0.006})
     # One frame played out in the simulation is the same.
-    assert simulate(assignment, [a], nodes, arrivals="single")["a"].mean_s == pytest.approx(0.012)
+    assert play_frames(assignment, [a], nodes, arrivals="single")["a"].mean_s == pytest.approx(0.012)
 
     # A second source on h: a's partitions there first wait for b's work, on average:
     # rho = 10 * 0.006 + 20 * 0.005 = 0.16; wait(a) = 20 * 0.005**2 / (2 * 0.84).
@@ -332,7 +333,7 @@ def test_matching_ends_stable_on_random_instances() -> None:
                 assert current[key] == frm
                 current[key] = to
             new = evaluate(current, sources, nodes, links).completion
-            assert M._potential(list(new.values())) < M._potential(list(total.values()))
+            assert potential(list(new.values())) < potential(list(total.values()))
             total = new
         assert current == m.assignment
         instances += 1
@@ -489,7 +490,7 @@ def test_simulation() -> None:
     sources, nodes, links = random_instance(5, own=True, rates=(2.0, 4.0))
     plan = match(sources, nodes, links).assignment
     for arrivals in ("periodic", "poisson"):
-        stats = simulate(plan, sources, nodes, links, horizon_s=20.0, seed=1, arrivals=arrivals)
+        stats = play_frames(plan, sources, nodes, links, horizon_s=20.0, seed=1, arrivals=arrivals)
         for s in sources:
             st = stats[s.name]
             assert abs(st.frames - 20.0 * s.rate_hz) <= (2 if arrivals == "periodic" else 6 * math.sqrt(20 * s.rate_hz))
@@ -501,12 +502,12 @@ def test_simulation() -> None:
         predicted = evaluate(plan, sources, nodes, links).latency
         if math.isinf(predicted[sources[0].name]):
             continue  # a node past saturation: the model says inf, one frame is still served
-        played = simulate(plan, sources, nodes, links, arrivals="single")
+        played = play_frames(plan, sources, nodes, links, arrivals="single")
         assert played[sources[0].name].mean_s == pytest.approx(predicted[sources[0].name])
     # A camera that cannot keep up alone falls further behind the longer it runs.
     cam = Source("cam", 10.0, (Partition("cam", 0, 0.15, 0, 0),))  # 150 ms of work every 100 ms
-    short = simulate({("cam", 0): "cam"}, [cam], [Node("cam", 1.0)], horizon_s=2.0)["cam"]
-    long = simulate({("cam", 0): "cam"}, [cam], [Node("cam", 1.0)], horizon_s=8.0)["cam"]
+    short = play_frames({("cam", 0): "cam"}, [cam], [Node("cam", 1.0)], horizon_s=2.0)["cam"]
+    long = play_frames({("cam", 0): "cam"}, [cam], [Node("cam", 1.0)], horizon_s=8.0)["cam"]
     assert long.mean_s > 2 * short.mean_s
     assert math.isinf(evaluate({("cam", 0): "cam"}, [cam], [Node("cam", 1.0)]).latency["cam"])
 
@@ -517,7 +518,7 @@ def test_compare_rows_and_table() -> None:
     assert [(r["strategy"], r["source"]) for r in rows] == [(st, s.name) for st in STRATEGIES for s in sources]
     assert all(r["frames"] > 0 and r["mean_ms"] <= r["p95_ms"] for r in rows)
     table = format_table(rows)
-    assert table.splitlines()[0].split()[0] == "source" and len(table.splitlines()) == 1 + len(sources)
+    assert table.splitlines()[0].split()[0] == "source" and len(table.splitlines()) == 2 + len(sources)
     no_own = random_instance(8, own=False)
     assert {r["strategy"] for r in compare(*no_own, horizon_s=1.0)} == set(STRATEGIES) - {"alone"}
     m = match(sources, nodes, links)
@@ -532,11 +533,11 @@ def test_same_seed_same_result() -> None:
         first, again = match(sources, nodes, links, seed=seed), match(sources, nodes, links, seed=seed)
         assert first == again and first.rounds == again.rounds and first.initial == again.initial
         assert random_assignment(sources, nodes, links, seed) == random_assignment(sources, nodes, links, seed)
-        assert (simulate(first.assignment, sources, nodes, links, 3.0, seed)
-                == simulate(first.assignment, sources, nodes, links, 3.0, seed))
+        assert (play_frames(first.assignment, sources, nodes, links, 3.0, seed)
+                == play_frames(first.assignment, sources, nodes, links, 3.0, seed))
         assert compare(sources, nodes, links, 2.0, seed) == compare(sources, nodes, links, 2.0, seed)
     # the seed matters where it should
     sources, nodes, links = random_instance(1)
     assert len({tuple(sorted(random_assignment(sources, nodes, links, s).items())) for s in range(5)}) > 1
     plan = random_assignment(sources, nodes, links, 0)
-    assert len({simulate(plan, sources, nodes, links, 3.0, s)[sources[0].name].mean_s for s in range(5)}) > 1
+    assert len({play_frames(plan, sources, nodes, links, 3.0, s)[sources[0].name].mean_s for s in range(5)}) > 1

@@ -23,7 +23,8 @@ from halpc.inputs.cluster import load_cluster
 from halpc.compile import compile_bundle, load_sources
 from halpc.planner import matching
 from halpc.planner.sources import compare_sources
-from halpc.whatif.sources import sharing_from_manifest, sharing_json, sources_table
+from halpc.present.sources_report import sources_table
+from halpc.whatif.sources import sharing_from_manifest, sharing_json
 
 SOURCES = ("cam-a", "cam-b")
 CLUSTER = """[network]

@@ -142,7 +142,8 @@ def plan(model: str | None, cluster_file: str, strategy: str, as_json: bool, rep
 
     cluster = load_cluster(cluster_file)
     if cluster.sources:
-        from halpc.whatif.sources import plan_sharing, sharing_json, sources_table, write_sources_report
+        from halpc.present.sources_report import sources_table, write_sources_report
+        from halpc.whatif.sources import plan_sharing, sharing_json
 
         if model is not None:
             raise click.UsageError(f"{cluster_file} names each source's model; leave out MODEL")
@@ -168,7 +169,7 @@ def plan(model: str | None, cluster_file: str, strategy: str, as_json: bool, rep
         names = ("local", "even", "modnn", "ftp", "dpfp", "halp", "exhaustive")
     plans = compare(ctx, names)
     if report:
-        from halpc.present.reports import write_plan_report
+        from halpc.present.plan_report import write_plan_report
 
         write_plan_report(report, ctx, plans)
     if as_json:
@@ -275,7 +276,7 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
     if output_file is not None:
         save_outputs(output_file, summary.results[-1].outputs)
     if report is not None:
-        from halpc.present.reports import write_run_report
+        from halpc.present.run_report import write_run_report
 
         write_run_report(report, manifest, summary)
     if as_json:
@@ -340,13 +341,16 @@ def simulate(bundle: str, trace_spec: str | None, deadline_ms: float | None, per
     For a bundle of several sources: their frames over its own partitions, per sharing strategy."""
     import json
 
-    from halpc.whatif.replay import simulate_bundle, summary_table, write_simulation_report
+    from halpc.present.replay_report import write_simulation_report
+    from halpc.present.tables import replay_table
+    from halpc.whatif.replay import simulate_bundle
     from halpc.whatif.trace import write_csv
     from halpc_stub.manifest import load_manifest
 
     manifest = load_manifest(bundle)
     if "sources" in manifest.data:
-        from halpc.whatif.sources import sharing_json, simulate_sharing, sources_table, write_sources_report
+        from halpc.present.sources_report import sources_table, write_sources_report
+        from halpc.whatif.sources import sharing_json, simulate_sharing
 
         if trace_spec or deadline_ms or period_ms or tasks or save_trace:
             raise click.UsageError("a bundle of several sources simulates their frames over --horizon-s; leave "
@@ -384,7 +388,7 @@ def simulate(bundle: str, trace_spec: str | None, deadline_ms: float | None, per
             for policy, r in results.items()
         }))
     else:
-        click.echo(summary_table(results))
+        click.echo(replay_table(results))
         for note in notes:
             click.echo(f"note: {note}")
 

@@ -9,14 +9,18 @@ from pathlib import Path
 from halpc.errors import HalpcError
 
 
-def write_atomic(path: str | os.PathLike[str], text: str, what: str, option: str | None = None) -> Path:
+def write_atomic(path: str | os.PathLike[str], text: str, what: str, option: str | None = None,
+                 make_folder: bool = False) -> Path:
     """Write `text` to `path` by a temporary file beside it and os.replace; a one-line HalpcError
     naming `what` (e.g. "the report") and no temporary file left if that cannot be done. The new
     file gets the mode any new file gets (the umask applies, unlike mkstemp's 0600). A missing
-    folder is an error, not created: it is more often a typo than a wish."""
+    folder is made with `make_folder` (reports), else an error (a profile's folder is more often
+    a typo than a wish)."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
+        if make_folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from halpc.analyse.rows import Rows, hull, proportional_split
-from halpc.analyse.trunk import Layer, Trunk
+from halpc.analyse.ops import Layer
+from halpc.analyse.trunk import Trunk
 
 
 @dataclass(frozen=True)

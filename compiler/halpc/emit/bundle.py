@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-import jinja2
 import onnx
 import onnxruntime
 import zmq
@@ -29,6 +28,7 @@ from halpc.emit.subgraph import strip_model, tail_model
 from halpc.errors import HalpcError
 from halpc.planner.plan import Plan
 from halpc.analyse.trunk import Trunk
+from halpc.templating import templates
 from halpc_stub import keys
 from halpc_stub.manifest import Manifest
 
@@ -62,14 +62,6 @@ class BundleSummary:
     plans: int = 1
 
 
-def templates() -> jinja2.Environment:
-    folder = resources.files("halpc.templates")
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=jinja2.select_autoescape(["html"]),
-    )
 
 
 def check_destination(out: Path) -> None:

@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper, shape_inference
 from halpc.emit.layout import ReferenceLayout
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, StripRows
-from halpc.analyse.trunk import Trunk, TensorInfo
+from halpc.analyse.ops import TensorInfo
+from halpc.analyse.trunk import Trunk
 
 
 class CompilerBug(AssertionError):

@@ -31,7 +31,8 @@ from halpc.errors import HalpcError, UsageError
 from halpc.inputs.profile_file import SCHEMA as PROFILE_SCHEMA, full_height_ms
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, block_io, strip_at
-from halpc.analyse.trunk import Layer, Trunk
+from halpc.analyse.ops import Layer
+from halpc.analyse.trunk import Trunk
 
 ALL = "all"
 DEFAULT_HEIGHTS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 32, ALL)

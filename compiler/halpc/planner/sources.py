@@ -202,7 +202,7 @@ def compare_sources(cluster: Cluster, trunks: Mapping[str, Trunk], horizon_s: fl
     for strategy in strategies:
         sp = plan_sources(cluster, trunks, strategy, seed)
         planned[strategy] = sp
-        sim = game.simulate(sp.assignment, sp.sources, sp.nodes, game.cluster_link(cluster), horizon_s, seed,
+        sim = game.play_frames(sp.assignment, sp.sources, sp.nodes, game.cluster_link(cluster), horizon_s, seed,
                             arrivals)
         for s in sp.sources:
             st = sim[s.name]

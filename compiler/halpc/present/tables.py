@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from halpc.compile import Compiled
 from halpc.analyse.trunk import Trunk
@@ -103,7 +104,7 @@ def sources_summary(result: Compiled) -> str:
     rows = []
     for e in result.entries:
         shared = e.plan.predicted.get("shared_ms")
-        rows.append((e.host, e.trunk.model.path.name, f"{cluster.device(e.host).rate_hz:g}", e.id, _shares(e.plan),
+        rows.append((e.host, e.trunk.model.path.name, f"{cluster.device(e.host).rate_hz:g}", e.id, first_block_shares(e.plan),
                      f"{e.plan.predicted['latency_ms']:.1f}", "-" if shared is None else f"{shared:.1f}"))
     head = f"strategy   {result.plan.strategy}: {len(cluster.sources)} sources sharing {len(helpers)} helper(s)"
     return "\n".join([head, table(("source", "model", "Hz", "plan", "first block rows per device",
@@ -132,7 +133,7 @@ def verify_table(checks: Sequence[OutputCheck]) -> str:
     return table(("input", "output", "shape", "result"), rows) + f"\n{exact}/{len(checks)} outputs exact: {verdict}"
 
 
-def _speedups(plans: dict) -> dict[str, float]:
+def speedups(plans: dict) -> dict[str, float]:
     local = plans["local"].predicted["latency_ms"] if "local" in plans else None
     return {
         name: (local / p.predicted["latency_ms"] if local else float("nan"))
@@ -140,7 +141,7 @@ def _speedups(plans: dict) -> dict[str, float]:
     }
 
 
-def _shares(plan) -> str:
+def first_block_shares(plan) -> str:
     """The first block's strips, as rows per device: enough to see how the work is split."""
     parts = [f"{s.device}:{s.rows[1] - s.rows[0]}" for s in plan.blocks[0].strips]
     more = f" (+{len(plan.blocks) - 1} blocks)" if len(plan.blocks) > 1 else ""
@@ -148,7 +149,7 @@ def _shares(plan) -> str:
 
 
 def plans_table(trunk: Trunk, plans: dict) -> str:
-    speedup = _speedups(plans)
+    speedup = speedups(plans)
     rows = [
         (
             name,
@@ -156,7 +157,7 @@ def plans_table(trunk: Trunk, plans: dict) -> str:
             f"{speedup[name]:.2f}x",
             len(p.blocks),
             "host" if p.exchange == "host" else "direct",
-            _shares(p),
+            first_block_shares(p),
         )
         for name, p in plans.items()
     ]
@@ -169,7 +170,7 @@ def plans_table(trunk: Trunk, plans: dict) -> str:
 
 
 def plans_json(trunk: Trunk, plans: dict) -> dict:
-    speedup = _speedups(plans)
+    speedup = speedups(plans)
     return {
         "strategies": {
             name: {
@@ -305,3 +306,40 @@ def profile_table(profile: dict) -> str:
         f"{profile['gmacs']:.2f} GMAC/s effective; per-run overhead "
         f"{profile['per_run_overhead_ms']:.3f} ms; profiled in {profile['elapsed_s']:.0f} s"
     )
+
+
+def sources_latency_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`matching.compare`'s rows: one line per source, the simulated mean / p95 ms per strategy."""
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    cell = {(r["strategy"], r["source"]): r for r in rows}
+
+    def show(r: Mapping[str, Any] | None) -> str:
+        if r is None:
+            return "-"
+        return " / ".join("inf" if r[k] is None else f"{r[k]:.1f}" for k in ("mean_ms", "p95_ms"))
+
+    return table(["source"] + [f"{s} mean/p95 ms" for s in strategies],
+                 [[src] + [show(cell.get((s, src))) for s in strategies] for src in sources])
+
+
+def plans_used_text(result) -> str:
+    """The plans a replayed policy ran, most used first: `halp@100 ×12, local ×3`."""
+    return ", ".join(f"{plan} ×{n}" for plan, n in result.plans_used())
+
+
+def replay_table(results: dict) -> str:
+    """`halpc simulate`: one line per policy: tasks, reliability, on-time share, latency
+    percentiles, accuracy, plans used."""
+    rows = []
+    for policy, r in results.items():
+        p = r.percentiles
+        acc = r.mean_accuracy
+        rows.append((
+            policy, len(r.tasks), f"{r.reliability * 100:.1f}", f"{r.on_time * 100:.1f}",
+            *(units.ms(p[k]) for k in ("p50", "p95", "p99")),
+            "-" if acc is None else f"{acc:.2f}", plans_used_text(r),
+        ))
+    header = ("policy", "tasks", "reliability %", "on time %", "p50 ms", "p95 ms", "p99 ms", "accuracy %",
+              "plans used")
+    return table(header, rows, right={1, 2, 3, 4, 5, 6, 7})
