@@ -49,7 +49,7 @@ from halpc.measure.profiler import median_run_seconds  # noqa: E402
 from halpc.host.run import run, spawn_stubs  # noqa: E402
 from halpc.present.replay_report import write_simulation_report  # noqa: E402
 from halpc.whatif.replay import simulate_bundle  # noqa: E402
-from halpc.whatif.trace import load_trace, write_csv  # noqa: E402
+from halpc.whatif.bandwidth_trace import load_trace, write_csv  # noqa: E402
 from halpc.host.verify import random_inputs  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402

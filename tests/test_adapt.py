@@ -18,7 +18,7 @@ from halpc.errors import HalpcError
 from halpc.present.replay_report import render_simulation_report, strips, write_simulation_report
 from halpc.present.tables import replay_table as summary_table
 from halpc.whatif.replay import PolicyResult, TaskRecord, reliability_curve, replay, replay_all
-from halpc.whatif.trace import Trace, load_trace, write_csv
+from halpc.whatif.bandwidth_trace import Trace, load_trace, write_csv
 
 DEV = ["dev-1"]
 

@@ -28,7 +28,7 @@ from halpc.compile import Variant, compile_bundle
 from halpc.host.control import bundle_predictor, plan_options
 from halpc.measure.profiler import median_run_seconds
 from halpc.host.run import local_popen, run, spawn_stubs
-from halpc.whatif.trace import load_trace
+from halpc.whatif.bandwidth_trace import load_trace
 from halpc.host.verify import random_inputs, verify
 from halpc_stub.host import HostSession
 from halpc_stub.manifest import load_manifest

@@ -6,7 +6,7 @@ the stub (`serve` has no other handler). After the noise the device must still r
 bit for bit as the bundle's in-process reference run does, and its memory must stay bounded.
 
 One small CNN is compiled as two variants (two plans that both use every device) for three
-devices on loopback, once per module. A `StubNode` for dev-1 and a `_HostNode` are built in this
+devices on loopback, once per module. A `StubNode` for dev-1 and a `HostNode` are built in this
 process; their sends are captured instead of leaving on sockets, and messages are fed through
 `pump`, which mirrors `Node.receive`'s per-message body and then runs `StubNode.serve` itself for
 one round (its advance-and-report loop). One test goes over real sockets: a raw PUSH floods a
@@ -40,7 +40,8 @@ from halpc.compile import Variant, compile_bundle
 from halpc.host.verify import random_inputs
 from halpc_stub import wire
 from halpc_stub.executor import host_store, run_program
-from halpc_stub.host import HostSession, TaskResult, _HostNode
+from halpc_stub.host import HostSession, TaskResult
+from halpc_stub.host_node import HostNode
 from halpc_stub.manifest import load_manifest
 from halpc_stub.node import MAX_LIVE_TASKS, REMEMBER_FINISHED
 from halpc_stub.serve import StubNode
@@ -136,7 +137,7 @@ class World:
     manifest: Any
     plans: list[PlanRef]
     node: StubNode
-    host: _HostNode
+    host: HostNode
     sent: list[tuple[str, dict[str, Any], np.ndarray | None]] = field(default_factory=list)
     host_sent: list[tuple[str, dict[str, Any], np.ndarray | None]] = field(default_factory=list)
     sessions: itertools.count = field(default_factory=itertools.count)
@@ -178,7 +179,7 @@ def world(tmp_path_factory):
 
     port, host_port = free_ports(2)
     node = StubNode(manifest, DEVICE, load_sessions(manifest, DEVICE).__getitem__, f"tcp://127.0.0.1:{port}")
-    host = _HostNode(manifest, manifest.host.name, load_sessions(manifest, manifest.host.name).__getitem__,
+    host = HostNode(manifest, manifest.host.name, load_sessions(manifest, manifest.host.name).__getitem__,
                      f"tcp://127.0.0.1:{host_port}", session_id="fuzz-host-session")
     w = World(bundle, manifest, plans, node, host)
     node.send = capture(w.sent)  # type: ignore[method-assign]

@@ -20,7 +20,8 @@ from halpc.inputs.cluster import load_cluster
 from halpc.errors import HalpcError, UsageError
 from halpc.planner.context import device_speeds
 from halpc.inputs.profile_file import SCHEMA, load_profile, write_profile
-from halpc.measure.profiler import ALL, check_writable, fit_line, parse_heights, profile_device
+from halpc.cli.options import parse_heights
+from halpc.measure.profiler import ALL, check_writable, fit_line, profile_device
 from halpc.present.tables import profile_table
 
 PROFILES = Path(__file__).resolve().parent.parent / "examples" / "profiles"
@@ -129,9 +130,9 @@ def test_parse_heights():
     assert parse_heights("1,4,16,all") == (1, 4, 16, ALL)
     assert parse_heights(" 8 , ALL,8") == (8, ALL)
     for bad in ("", "0", "1,,4", "-2", "1.5", "full", "4x"):
-        with pytest.raises(UsageError, match="--heights") as info:
+        with pytest.raises(UsageError, match="row count|positive|whole numbers") as info:
             parse_heights(bad)
-        assert info.value.exit_code == 2
+        assert info.value.exit_code == 2 and info.value.option == "heights"
 
 
 def test_write_profile_atomic(measured, tmp_path):

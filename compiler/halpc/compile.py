@@ -20,6 +20,7 @@ from typing import Sequence
 from halpc.inputs.cluster import Cluster, load_cluster
 from halpc.emit.bundle import BundleSummary, PlanEntry, check_destination, write_plans
 from halpc.errors import HalpcError, UsageError
+from halpc.progress import Progress, silent
 from halpc.inputs.model import Shape, load_model
 from halpc.planner.plan import Plan, load_plan
 from halpc.planner.strategies import best_plan, make_plan
@@ -48,31 +49,6 @@ class Variant:
     def name(self) -> str:
         return self.path.stem
 
-
-def parse_variant(text: str) -> Variant:
-    """`FILE.onnx:ACCURACY` (top-1 %), or just `FILE.onnx`."""
-    path, sep, accuracy = text.rpartition(":")
-    if not sep or not accuracy or "/" in accuracy or accuracy.endswith(".onnx"):
-        return Variant(Path(text))
-    try:
-        value = float(accuracy)
-    except ValueError:
-        raise UsageError(f"--variant {text}: {accuracy!r} is not an accuracy; write FILE.onnx:70.6 "
-                         "(top-1 percent)") from None
-    if not 0 < value <= 100:
-        raise UsageError(f"--variant {text}: accuracy {value:g} is not a percentage in (0, 100]")
-    return Variant(Path(path), value)
-
-
-def parse_bandwidths(text: str) -> tuple[float, ...]:
-    """`10,25,50` (Mbit/s) -> (10.0, 25.0, 50.0), sorted, each > 0."""
-    try:
-        levels = sorted({float(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise UsageError(f"--bandwidths {text}: give Mbit/s separated by commas, e.g. 10,25,50,100") from None
-    if not levels or levels[0] <= 0:
-        raise UsageError(f"--bandwidths {text}: give positive Mbit/s separated by commas, e.g. 10,25,50,100")
-    return tuple(levels)
 
 
 def at_bandwidth(cluster: Cluster, mbps: float) -> Cluster:
@@ -105,34 +81,36 @@ def compile_bundle(
     deadline_ms: float | None = None,
     insecure: bool = False,
     spares: bool = False,
+    progress: Progress = silent,
 ) -> Compiled:
     check_destination(Path(out))  # before any slow work: a wrong -o fails at once
     if not isinstance(cluster, Cluster):
         cluster = load_cluster(cluster)
     if cluster.sources:
         if model is not None or plan is not None or variants or bandwidths or spares or accuracy is not None:
-            raise UsageError(f"{cluster.source} names each source's model; leave out MODEL, --plan, --variant, "
-                             "--accuracy, --bandwidths and --fallback-plans with a cluster of sources")
-        return _compile_sources(cluster, out, strategy, input_shapes, deadline_ms, insecure)
+            raise UsageError(f"{cluster.source} names each source's model; give no model, plan, variants, "
+                             "accuracy, bandwidths or fallback plans with a cluster of sources")
+        return _compile_sources(cluster, out, strategy, input_shapes, deadline_ms, insecure, progress)
     if strategy == "matching":
-        raise UsageError(f"--strategy matching shares helpers among several sources; {cluster.source} has one "
-                         "host (mark the cameras source = true, each with model and rate_hz)")
+        raise UsageError(f"matching shares helpers among several sources; {cluster.source} has one "
+                         "host (mark the cameras source = true, each with model and rate_hz)", option="strategy")
     if not variants and not bandwidths and not spares:
         if model is None:
-            raise UsageError("give a MODEL, or its variants with --variant FILE.onnx:ACCURACY")
+            raise UsageError("give a model, or its variants (FILE.onnx:ACCURACY)")
+        progress(f"loading {Path(model).name}")
         trunk = analyse(load_model(model, input_shapes))
-        chosen = _one_plan(trunk, cluster, strategy, plan)
+        chosen = _one_plan(trunk, cluster, strategy, plan, progress)
         entry = PlanEntry("default", trunk, chosen, accuracy=accuracy)
-        summary = write_plans([entry], cluster, out, deadline_ms, insecure)
+        summary = write_plans([entry], cluster, out, deadline_ms, insecure, progress=progress)
         return Compiled(trunk, chosen, cluster, summary, (entry,))
     if plan is not None:
-        raise UsageError("--plan compiles one plan; leave out --bandwidths, --variant and --fallback-plans with it")
+        raise UsageError("compiles one plan; give no bandwidths, variants or fallback plans with it", option="plan")
     family = ([Variant(Path(model), accuracy)] if model is not None else []) + list(variants)
     if model is None:  # the most accurate variant is the default
         family.sort(key=lambda v: -(v.accuracy if v.accuracy is not None else -1.0))
     trunks = _load_family(family, input_shapes)
-    entries = _plan_family(family, trunks, cluster, strategy, tuple(bandwidths), spares)
-    summary = write_plans(entries, cluster, out, deadline_ms, insecure)
+    entries = _plan_family(family, trunks, cluster, strategy, tuple(bandwidths), spares, progress)
+    summary = write_plans(entries, cluster, out, deadline_ms, insecure, progress=progress)
     return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
 
 
@@ -152,7 +130,7 @@ def load_sources(cluster: Cluster, input_shapes: dict[str, Shape] | None = None)
 
 
 def _compile_sources(cluster: Cluster, out: str | Path, strategy: str, input_shapes: dict[str, Shape] | None,
-                     deadline_ms: float | None, insecure: bool) -> Compiled:
+                     deadline_ms: float | None, insecure: bool, progress: Progress) -> Compiled:
     from halpc.planner.sources import STRATEGIES, plan_each, plan_sources
 
     trunks = load_sources(cluster, input_shapes)
@@ -165,7 +143,8 @@ def _compile_sources(cluster: Cluster, out: str | Path, strategy: str, input_sha
     plans = _with_waits(cluster, trunks, plans)
     entries = [PlanEntry(f"{s.name}/{plans[s.name].strategy}", trunks[s.name], plans[s.name],
                          trunks[s.name].model.path.stem, host=s.name) for s in cluster.sources]
-    summary = write_plans(entries, cluster, out, deadline_ms, insecure, sharing)
+    progress("planned every source")
+    summary = write_plans(entries, cluster, out, deadline_ms, insecure, sharing, progress)
     return Compiled(entries[0].trunk, entries[0].plan, cluster, summary, tuple(entries))
 
 
@@ -187,13 +166,15 @@ def _with_waits(cluster: Cluster, trunks: dict[str, Trunk], plans: dict[str, Pla
     return out
 
 
-def _one_plan(trunk: Trunk, cluster: Cluster, strategy: str, plan: str | Path | Plan | None) -> Plan:
+def _one_plan(trunk: Trunk, cluster: Cluster, strategy: str, plan: str | Path | Plan | None,
+              progress: Progress) -> Plan:
     if isinstance(plan, Plan):
         return plan
     if plan is not None:
         return load_plan(plan, trunk, list(cluster.names))
     ctx = context(trunk, cluster)
-    return best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
+    progress(f"planning {strategy}")
+    return best_plan(ctx, progress) if strategy == "best" else make_plan(ctx, strategy)
 
 
 def _load_family(family: list[Variant], input_shapes: dict[str, Shape] | None) -> list[Trunk]:
@@ -213,7 +194,8 @@ def _load_family(family: list[Variant], input_shapes: dict[str, Shape] | None) -
 
 
 def _plan_family(family: list[Variant], trunks: list[Trunk], cluster: Cluster, strategy: str,
-                 bandwidths: tuple[float, ...], spares: bool = False) -> list[PlanEntry]:
+                 bandwidths: tuple[float, ...], spares: bool = False, progress: Progress = silent
+                 ) -> list[PlanEntry]:
     """Per variant: the host alone, and a plan per link rate (the cluster's own rate first, so
     the default plan is the first variant's at the rate the cluster file gives); with `spares`,
     also a plan without each helper device (with two or more), which the host runs while that
@@ -225,6 +207,7 @@ def _plan_family(family: list[Variant], trunks: list[Trunk], cluster: Cluster, s
         prefix = f"{variant.name}/" if several else ""
         found: dict[tuple, PlanEntry] = {}
         for level in levels:
+            progress(f"planning {variant.name} at {level:g} Mbit/s")
             ctx = context(trunk, at_bandwidth(cluster, level))
             plan = best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
             key = (plan.blocks, plan.exchange)

@@ -31,9 +31,8 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,10 @@ import numpy as np
 import onnxruntime
 
 from halpc_stub import keys, wire
-from halpc_stub.errors import BundleError
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
-from halpc_stub.node import Node, PlanRun, Task, remember
+from halpc_stub.host_node import Fault, HostNode, RunError, TaskResult, event_dict, join_sends
+from halpc_stub.node import PlanRun, Task, remember
 from halpc_stub.session import load_sessions, make_session
 
 log = logging.getLogger("halpc_stub")
@@ -55,76 +54,6 @@ FAULT_FACTOR = 1.5  # see the module: with the margin, a fault is noticed in und
 FAULT_MARGIN_S = 0.05  # predicted time + 100 ms (the host looks every 10 ms)
 REPING_S = 0.5
 RECENT = 16  # measured task times per plan kept for the expected time
-
-
-class RunError(BundleError):
-    """A device did not answer or did not deliver its rows in time."""
-
-
-@dataclass
-class TaskResult:
-    task: int
-    outputs: dict[str, np.ndarray]
-    start: float  # host clock, seconds
-    end: float
-    plan: str = "default"  # the id of the bundle plan it ran (or, when `unsplit`, was chosen)
-    # Measured timeline, host clock: {"device", "kind", "start", "end", "label", "peer",
-    # "bytes"}; the devices' parts arrive just after the task ends and are merged in as they
-    # come (at the latest when `stream` ends).
-    events: list[dict[str, Any]] = field(default_factory=list)
-    fallback: str | None = None  # why it did not run the plan chosen for it (a device down)
-    unsplit: bool = False  # computed by the host alone with the unsplit model
-
-    @property
-    def latency_s(self) -> float:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A task the host gave up because `device` sent nothing for `waited_s` (> `bound_s`)."""
-
-    task: int
-    device: str
-    at: float  # host clock
-    waited_s: float
-    bound_s: float
-    expected_s: float
-
-
-class _HostNode(Node):
-    def __init__(self, *args: Any, session_id: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.session_id = session_id
-        self.pongs: dict[str, dict[str, Any]] = {}
-        self.traces: dict[tuple[int, str], list[list[Any]]] = {}
-        self.probed: list[tuple[str, int, float]] = []  # (device, bytes, seconds between parts)
-        self.given_up: OrderedDict[int, None] = OrderedDict()  # tasks whose devices' traces are dropped
-
-    def _ours(self, header: dict[str, Any]) -> None:
-        if header["from"] not in self.addresses or header.get("session") != self.session_id:
-            raise wire.Rejected(f"{header['kind']} from {header['from']!r} for another session")
-
-    def on_pong(self, header: dict[str, Any], frames: list[Any]) -> None:
-        self._ours(header)
-        self.pongs[header["from"]] = {**header, "received": time.time()}
-
-    def on_trace(self, header: dict[str, Any], frames: list[Any]) -> None:
-        self._ours(header)
-        events = header.get("events")
-        if not isinstance(events, list):
-            raise wire.Rejected("trace without events")
-        _, task = wire.task_of(header)
-        if task in self.given_up:
-            return
-        self.traces[(task, header["from"])] = events
-
-    def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
-        self._ours(header)
-        size, gap = header.get("bytes"), header.get("gap")
-        if type(size) is not int or not isinstance(gap, (int, float)) or size <= 0 or gap < 0:
-            raise wire.Rejected("probe answer without bytes and gap")
-        self.probed.append((header["from"], size, float(gap)))
 
 
 class HostSession:
@@ -138,7 +67,7 @@ class HostSession:
         self.timeout_s = timeout_s
         self.workers = self.manifest.workers
         sessions = load_sessions(self.manifest, host.name)
-        self.node = _HostNode(self.manifest, host.name, sessions.__getitem__, bind,
+        self.node = HostNode(self.manifest, host.name, sessions.__getitem__, bind,
                               session_id=secrets.token_hex(8))
         self.offsets: dict[str, float] = {}  # device clock minus host clock
         self.connected = False
@@ -380,7 +309,7 @@ class HostSession:
         names = plan.manifest.outputs
         outputs = dict(zip(names, session.run(names, arrays)))
         end = time.time()
-        events = [_event(self.node.name, ["compute", at, end, "unsplit model", None, 0])]
+        events = [event_dict(self.node.name, ["compute", at, end, "unsplit model", None, 0])]
         return TaskResult(number, outputs, at if started is None else started, end, plan.id, events,
                           fallback=reason, unsplit=True)
 
@@ -422,7 +351,7 @@ class HostSession:
         return found
 
     def _host_events(self, task: Task) -> list[dict[str, Any]]:
-        return [_event(self.node.name, e) for e in task.events]
+        return [event_dict(self.node.name, e) for e in task.events]
 
     def _merge_traces(self, results: list[TaskResult], timeout_s: float = 0.0) -> list[TaskResult]:
         """Merge the devices' timelines into every result whose devices have all sent theirs
@@ -444,25 +373,9 @@ class HostSession:
                     if (isinstance(raw, list) and len(raw) == 6 and isinstance(raw[0], str)
                             and isinstance(raw[3], str) and (raw[4] is None or isinstance(raw[4], str))
                             and all(isinstance(v, (int, float)) for v in (raw[1], raw[2], raw[5]))):
-                        events.append(_event(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
-            result.events = _join_sends(events)
+                        events.append(event_dict(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
+            result.events = join_sends(events)
         return waiting
 
 
-def _event(device: str, raw: list[Any]) -> dict[str, Any]:
-    kind, start, end, label, peer, nbytes = raw
-    return {"device": device, "kind": kind, "start": start, "end": end, "label": label, "peer": peer,
-            "bytes": nbytes}
-
-
-def _join_sends(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A send lasts until its receiver had the rows ("arrive" events, then dropped)."""
-    arrivals = {(e["peer"], e["device"], e["label"]): e["start"] for e in events if e["kind"] == "arrive"}
-    out = []
-    for e in events:
-        if e["kind"] == "arrive":
-            continue
-        if e["kind"] == "send":
-            e = {**e, "end": max(e["end"], arrivals.get((e["device"], e["peer"], e["label"]), e["end"]))}
-        out.append(e)
-    return sorted(out, key=lambda e: (e["start"], e["device"]))
+__all__ = ["Fault", "HostSession", "RunError", "TaskResult"]

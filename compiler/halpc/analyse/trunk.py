@@ -218,3 +218,17 @@ def _receptive_fields(spatial_input: str, layers: list[Layer]) -> dict[str, int]
         for out in layer.outputs:
             field_jump[out] = (rf, jump)
     return {t: math.ceil(rf) for t, (rf, _) in field_jump.items()}
+
+
+def tail_io(trunk: Trunk) -> tuple[list[str], list[str]] | None:
+    """Names the tail reads (trunk exits, other graph inputs, weights) and the outputs it makes."""
+    if not trunk.tail:
+        return None
+    produced = {o for node in trunk.tail for o in node.output}
+    consumed: list[str] = []
+    for node in trunk.tail:
+        for t in node.input:
+            if t and t not in produced and t not in consumed:
+                consumed.append(t)
+    outputs = [o.name for o in trunk.model.graph.output if o.name in produced]
+    return consumed, outputs

@@ -26,6 +26,7 @@ from halpc.emit.layout import reference_layout
 from halpc.planner.schedule import Schedule, build_schedule
 from halpc.emit.subgraph import strip_model, tail_model
 from halpc.errors import HalpcError
+from halpc.progress import Progress, silent
 from halpc.planner.plan import Plan
 from halpc.analyse.trunk import Trunk
 from halpc.templating import templates
@@ -83,7 +84,7 @@ def write_bundle(trunk: Trunk, plan: Plan, cluster: Cluster, out: str | Path) ->
 
 def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
                 deadline_ms: float | None = None, insecure: bool = False,
-                sharing: dict[str, Any] | None = None) -> BundleSummary:
+                sharing: dict[str, Any] | None = None, progress: Progress = silent) -> BundleSummary:
     """Write a bundle of `entries`; the first is the default plan. Every device gets a new CURVE
     key pair, unless `insecure` (plaintext, unauthenticated traffic). In a cluster of several
     sources each entry names its source (`host`), the first of a source's entries is its
@@ -95,7 +96,7 @@ def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms, insecure, sharing)
+        files, size, schedules = _write(list(entries), cluster, staging, deadline_ms, insecure, sharing, progress)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -132,11 +133,12 @@ class _Artifacts:
 
 
 def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool,
-           sharing: dict[str, Any] | None):
+           sharing: dict[str, Any] | None, progress: Progress):
     artifacts = _Artifacts(root)
     several = len(entries) > 1
     plans, schedules = [], []
-    for entry in entries:
+    for n, entry in enumerate(entries, 1):
+        progress(f"writing plan {entry.id} ({n}/{len(entries)})" if several else "writing the strips")
         schedule, files = _write_plan(entry, cluster, artifacts, f"{entry.id}/" if several else "")
         schedules.append(schedule)
         plan = _plan_fields(entry, schedule, files)

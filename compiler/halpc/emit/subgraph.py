@@ -17,7 +17,7 @@ from halpc.emit.layout import ReferenceLayout
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, StripRows
 from halpc.analyse.ops import TensorInfo
-from halpc.analyse.trunk import Trunk
+from halpc.analyse.trunk import Trunk, tail_io
 
 
 class CompilerBug(AssertionError):
@@ -183,18 +183,6 @@ def _check_rows(trunk: Trunk, rows: StripRows, model: onnx.ModelProto, name: str
             raise CompilerBug(f"{name}: {tensor} has {got} rows, the plan needs {want}")
 
 
-def tail_io(trunk: Trunk) -> tuple[list[str], list[str]] | None:
-    """Names the tail reads (trunk exits, other graph inputs, weights) and the outputs it makes."""
-    if not trunk.tail:
-        return None
-    produced = {o for node in trunk.tail for o in node.output}
-    consumed: list[str] = []
-    for node in trunk.tail:
-        for t in node.input:
-            if t and t not in produced and t not in consumed:
-                consumed.append(t)
-    outputs = [o.name for o in trunk.model.graph.output if o.name in produced]
-    return consumed, outputs
 
 
 def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:

@@ -27,6 +27,7 @@ import numpy as np
 from halpc.host.adapt import Choice
 from halpc.host.control import Controller
 from halpc.errors import HalpcError
+from halpc.progress import Progress, silent
 from halpc.planner.predict import predict_bundle
 from halpc.planner.cost import Event, Prediction
 from halpc.host.verify import OutputCheck, compare_output
@@ -215,6 +216,7 @@ def run(
     period_s: float | None = None,
     on_start: Callable[[], None] | None = None,
     source: str | None = None,
+    progress: Progress = silent,
 ) -> RunSummary:
     """Run one task per input, after `warmup` untimed tasks of every plan; `check` also runs
     the unsplit model(s) on the host and compares. Tasks are numbered from 0 in `results`
@@ -222,16 +224,19 @@ def run(
     `period_s` task k starts no earlier than k periods after the first (frames from a
     camera). `on_start` is called just before the first timed task. In a bundle of several
     sources the host runs as `source`, with that source's plans."""
+    progress("loading the host's models")
     host = HostSession(bundle, bind=bind, timeout_s=timeout_s, source=source)
     with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout) if spawn
                 else contextlib.nullcontext()) as stubs:
         controller = Controller(host, policy, deadline_s) if policy else None  # checks the policy fits
+        progress("waiting for the devices" + (" (starting their stubs)" if spawn else ""))
         host.connect(watch=stubs.check if stubs else None)
         # Timed only once every stub is up: loading its sessions would slow the unsplit runs.
         local = _reference_times(host.manifest, inputs) if check else []
         plans = [p.id for p in host.manifest.plans]
         for _ in range(warmup):  # every device opens its sessions' buffers on its first task
             for plan in plans:
+                progress(f"warming up plan {plan}")
                 list(host.stream([inputs[0]], in_flight=1, choose=lambda _, plan=plan: plan))
         first = host.next_task
         if on_start:
@@ -243,18 +248,21 @@ def run(
             if controller:
                 controller.finished()
             results.append(result)
+            progress(f"task {len(results)}/{len(inputs)}: {result.latency_s * 1e3:.1f} ms")
         ended = max(r.end for r in results)
     summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended, local_s=local,
                          deadline_s=deadline_s, faults=[f for f in host.faults if f.task >= first])
     if controller:
         summary.decisions = [controller.decisions[first + i] for i in range(len(results))]
     if check:
+        progress("checking the outputs against the unsplit model")
         summary.checks = _check(host.manifest, inputs, results)
     return summary
 
 
 def run_sources(bundle: str | Path, tasks: int, popen: Popen = local_popen, *, check: bool = True,
-                in_flight: int = 1, warmup: int = 1, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
+                in_flight: int = 1, warmup: int = 1, timeout_s: float = 30.0,
+                progress: Progress = silent) -> dict[str, dict[str, Any]]:
     """Every source of a bundle of several sources at once, on this machine (or the netns lab,
     by `popen`): the helpers' stubs, and per source a `halpc run --source NAME --json` process
     streaming `tasks` frames at its rate, the first timed frames of all starting together (after
@@ -272,6 +280,7 @@ def run_sources(bundle: str | Path, tasks: int, popen: Popen = local_popen, *, c
         summaries = {}
         try:
             for source, proc in procs.items():
+                progress(f"running {len(procs)} sources: waiting for {source}")
                 stdout, stderr = proc.communicate()
                 stubs.check()
                 if proc.returncode not in (0, 1) or not stdout.strip():  # 1: ran, outputs not exact
@@ -287,16 +296,16 @@ def run_sources(bundle: str | Path, tasks: int, popen: Popen = local_popen, *, c
     return summaries
 
 
-def meet(barrier: str, name: str, timeout_s: float = 120.0) -> None:
-    """Say `name` is ready in the barrier folder, then wait for the others (at most `timeout_s`)."""
-    folder, _, count = barrier.rpartition(",")
+def meet(folder: str, expected: int, name: str, timeout_s: float = 120.0) -> None:
+    """Say `name` is ready in the barrier folder, then wait until `expected` runs are (at most
+    `timeout_s`)."""
     try:
-        expected = int(count)
         Path(folder, name).touch()
-    except (ValueError, OSError) as exc:
-        raise HalpcError(f"--barrier {barrier}: give an existing folder and a count, DIR,N ({exc})") from None
-    deadline = time.time() + timeout_s
-    while len(list(Path(folder).iterdir())) < expected and time.time() < deadline:
+    except OSError as exc:
+        raise HalpcError(f"{folder}: cannot join the barrier there ({exc.strerror or exc}); give an existing "
+                         "folder", option="barrier") from None
+    deadline = time.monotonic() + timeout_s
+    while len(list(Path(folder).iterdir())) < expected and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime
 
 from halpc.errors import HalpcError
+from halpc.progress import Progress, silent
 from halpc_stub.executor import host_store, run_program
 from halpc_stub.manifest import Manifest, load_manifest
 from halpc_stub.session import make_session
@@ -133,7 +134,8 @@ def load_inputs(manifest: Manifest, path: Path) -> dict[str, np.ndarray]:
     return {n: arrays[n] for n in names}
 
 
-def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int = 1) -> list[OutputCheck]:
+def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int = 1,
+           progress: Progress = silent) -> list[OutputCheck]:
     manifest = load_manifest(bundle)
     manifest.check_files()
     if manifest.data["onnxruntime"] != onnxruntime.__version__:
@@ -162,6 +164,7 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
         path = plan.reference_model()
         reference = references.get(path) or references.setdefault(path, make_session(str(path), plan.host.threads))
         for case, inputs in cases(plan):
+            progress(f"plan {plan.id}: {case}" if len(plans) > 1 else case)
             try:
                 expected = dict(zip(plan.outputs, reference.run(plan.outputs, inputs)))
                 got = run_bundle(plan, inputs, sessions)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,21 +37,6 @@ class LoadedModel:
     def graph(self) -> onnx.GraphProto:
         return self.proto.graph
 
-
-def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, Shape]:
-    """Parse `NAME=1x3x224x224` options (NAME may itself contain '=' or ':')."""
-    shapes: dict[str, Shape] = {}
-    for spec in specs:
-        name, sep, dims = spec.rpartition("=")
-        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
-            raise UsageError(
-                f"--input-shape {spec!r}: expected NAME=DIMS with DIMS like 1x3x224x224"
-            )
-        shape = tuple(int(d) for d in dims.split("x"))
-        if 0 in shape:
-            raise UsageError(f"--input-shape {spec!r}: every dim must be at least 1")
-        shapes[name] = shape
-    return shapes
 
 
 def load_model(path: str | Path, input_shapes: dict[str, Shape] | None = None) -> LoadedModel:
@@ -137,10 +121,8 @@ def _fix_input_shapes(
     names = [i.name for i in proto.graph.input]
     for name in overrides:
         if name not in names:
-            raise UsageError(
-                f"--input-shape {name}=...: the model has no input {name!r} "
-                f"(its inputs: {', '.join(names)})"
-            )
+            raise UsageError(f"{name}=...: the model has no input {name!r} (its inputs: {', '.join(names)})",
+                             option="input_shapes")
     fixed: dict[str, Shape] = {}
     for value_info in proto.graph.input:
         dims = _dims(value_info)
@@ -150,21 +132,21 @@ def _fix_input_shapes(
                 pretty = "x".join(str(d) for d in dims)
                 example = "x".join(str(d) if isinstance(d, int) else "N" for d in dims)
                 raise UsageError(
-                    f"{path}: input {value_info.name!r} has dynamic dims {pretty}; fix them with "
-                    f"--input-shape {value_info.name}={example} (N = the size you will run)"
+                    f"{value_info.name}={example}: fix the dynamic dims of {path}'s input {value_info.name!r} "
+                    f"({pretty}) like this (N = the size you will run)", option="input_shapes"
                 )
             shape = tuple(int(d) for d in dims)
         else:
             if len(shape) != len(dims):
                 raise UsageError(
-                    f"--input-shape {value_info.name}=...: gives {len(shape)} dims but the "
-                    f"input has {len(dims)} ({'x'.join(map(str, dims))})"
+                    f"{value_info.name}=...: gives {len(shape)} dims but the "
+                    f"input has {len(dims)} ({'x'.join(map(str, dims))})", option="input_shapes"
                 )
             for given, have in zip(shape, dims):
                 if isinstance(have, int) and have != given:
                     raise UsageError(
-                        f"--input-shape {value_info.name}={'x'.join(map(str, shape))} conflicts "
-                        f"with the model's fixed input shape {'x'.join(map(str, dims))}"
+                        f"{value_info.name}={'x'.join(map(str, shape))} conflicts "
+                        f"with the model's fixed input shape {'x'.join(map(str, dims))}", option="input_shapes"
                     )
         tensor_shape = value_info.type.tensor_type.shape
         del tensor_shape.dim[:]

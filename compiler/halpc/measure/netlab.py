@@ -258,7 +258,7 @@ class NetLab:
 
 
 class TraceReplay:
-    """Play a bandwidth trace (`halpc.whatif.trace.Trace`) on a lab's links, live: from `start()` a
+    """Play a bandwidth trace (`halpc.whatif.bandwidth_trace.Trace`) on a lab's links, live: from `start()` a
     thread sets each device's tbf rate at the trace's times. `applied` lists (seconds since
     start, device, Mbit/s) of every change made."""
 

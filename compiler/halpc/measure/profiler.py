@@ -41,27 +41,6 @@ FLUSH_BYTES = 256 << 20  # touched between cold runs to evict the weights from e
 
 
 
-# -- command-line helpers -----------------------------------------------------------------------
-
-
-def parse_heights(text: str) -> tuple[int | str, ...]:
-    """`1,4,16,all` -> (1, 4, 16, "all"); a UsageError (exit 2) for anything else."""
-    heights: list[int | str] = []
-    for part in text.split(","):
-        item = part.strip().lower()
-        if item == ALL:
-            value: int | str = ALL
-        elif item.isdigit() and int(item) >= 1:
-            value = int(item)
-        else:
-            raise UsageError(
-                f"--heights {text!r}: {part.strip()!r} is not a row count; give whole numbers "
-                "of at least 1 and/or 'all', separated by commas, e.g. --heights 1,4,16,all"
-            )
-        if value not in heights:
-            heights.append(value)
-    return tuple(heights)
-
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
     """Fail at once, before minutes of profiling, when the profile cannot be written there."""
@@ -91,9 +70,9 @@ def profile_device(
     from halpc.emit.layout import reference_layout
 
     if not heights:
-        raise UsageError("--heights: give at least one strip height, e.g. --heights 1,4,16,all")
+        raise UsageError("give at least one strip height, e.g. 1,4,16,all", option="heights")
     if repeat < 1 or threads < 1:
-        raise UsageError("--repeat and --threads must be at least 1")
+        raise UsageError(f"repeat {repeat} and threads {threads} must be at least 1")
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     rng = np.random.default_rng(0)

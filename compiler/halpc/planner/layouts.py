@@ -34,7 +34,7 @@ def _compute_strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: 
     return seconds, rows.inputs.get(io.inputs[0], (0, 0))
 
 
-def _integer_sizes(weights: list[float], total: int) -> list[int]:
+def proportional_sizes(weights: list[float], total: int) -> list[int]:
     """Sizes >= 1 summing to `total`, proportional to `weights` (largest remainders)."""
     scale = sum(weights)
     raw = [max(w, 1e-9) / scale * total for w in weights]
@@ -60,7 +60,7 @@ def contiguous(ctx: Context, start: int, stop: int, devices: list[str] | None = 
     rows = ctx.trunk.tensors[io.reference].rows
     devices = (devices or list(ctx.cluster.names))[:rows]
     weights = [ctx.speeds[d] for d in devices]
-    sizes = _integer_sizes(weights, rows)
+    sizes = proportional_sizes(weights, rows)
     for _ in range(ROUNDS if balance else 0):
         bounds = [0]
         for size in sizes:
@@ -68,7 +68,7 @@ def contiguous(ctx: Context, start: int, stop: int, devices: list[str] | None = 
         seconds = [_strip_seconds(ctx, io, d, bounds, j)[0] for j, d in enumerate(devices)]
         mean = sum(seconds) / len(seconds)
         weights = [size * mean / max(t, 1e-12) for size, t in zip(sizes, seconds)]
-        new = _integer_sizes(weights, rows)
+        new = proportional_sizes(weights, rows)
         if new == sizes:
             break
         sizes = new
@@ -90,7 +90,7 @@ def halp(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
     best: tuple[float, tuple[Strip, ...]] | None = None
     tried: set[tuple[int, ...]] = set()
     for _ in range(ROUNDS):
-        sizes = _integer_sizes(weights, rows)
+        sizes = proportional_sizes(weights, rows)
         if tuple(sizes) in tried:
             break
         tried.add(tuple(sizes))

@@ -129,7 +129,7 @@ def even_plan(trunk: Trunk, devices: list[str]) -> Plan:
         rows = trunk.tensors[largest].rows
         raise HalpcError(
             f"{len(devices)} devices but the largest feature map to split ({largest!r}) has only "
-            f"{rows} rows; use at most {rows} devices or a larger input (--input-shape)"
+            f"{rows} rows; use at most {rows} devices or a larger input shape", option="input_shapes"
         )
     blocks = []
     for io in ios:

@@ -13,11 +13,10 @@ from functools import cached_property
 from typing import Any
 
 
-from halpc.emit.subgraph import tail_io
 from halpc.planner.plan import Plan, Strip
 from halpc.analyse.rows import Rows, intersect, subtract
 from halpc.analyse.strips import BlockIO, StripRows, block_io, strip_at, strip_macs, strip_weights
-from halpc.analyse.trunk import Trunk
+from halpc.analyse.trunk import Trunk, tail_io
 
 Step = dict[str, Any]
 

@@ -67,9 +67,9 @@ def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPl
     cuts = ctx.positions[1:-1]
     if (len(layouts) + 1) ** len(cuts) > EXHAUSTIVE_LIMIT:
         raise HalpcError(
-            f"--strategy exhaustive would try about {(len(layouts) + 1) ** len(cuts):.2g} plans "
+            f"exhaustive would try about {(len(layouts) + 1) ** len(cuts):.2g} plans "
             f"for {len(cuts)} cut points; it is for small models (use dpfp or halp, which it "
-            "proves optimal)"
+            "proves optimal)", option="strategy"
         )
     best: tuple[float, list[BlockPlan]] | None = None
     for count in range(len(cuts) + 1):

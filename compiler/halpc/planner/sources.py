@@ -28,7 +28,7 @@ from halpc.planner.strategies import best_plan, make_plan
 from halpc.planner.context import context, device_speeds
 from halpc.planner.predict import predict
 from halpc.planner import matching as game
-from halpc.planner.layouts import _integer_sizes
+from halpc.planner.layouts import proportional_sizes
 from halpc.analyse.strips import block_io, strip_at, strip_macs
 from halpc.analyse.trunk import Trunk
 
@@ -100,7 +100,7 @@ def cutting(trunk: Trunk, cluster: Cluster, source: str, cut: int) -> Cutting:
     io = block_io(trunk, 0, cut)
     rows = trunk.tensors[io.reference].rows
     capacities = sorted((speeds[d] for d in view.names), reverse=True)[:rows]
-    sizes = _integer_sizes(capacities, rows)
+    sizes = proportional_sizes(capacities, rows)
     bounds = [0]
     for size in sizes:
         bounds.append(bounds[-1] + size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from halpc.analyse.strips import block_io
+from halpc.analyse.trunk import Trunk
 from halpc.errors import HalpcError
 from halpc.planner import layouts
 from halpc.planner.context import Context
@@ -23,6 +24,9 @@ from halpc.planner.names import STRATEGIES
 from halpc.planner.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.planner.predict import predict
 from halpc.planner.search import best_blocks, exhaustive_blocks, plan_cost
+from halpc.progress import Progress, silent
+
+EXHAUSTIVE_CUTS = 8  # `halpc plan` adds the oracle for models with at most this many cut points
 
 
 def make_plan(ctx: Context, strategy: str) -> Plan:
@@ -101,12 +105,24 @@ def _ftp(ctx: Context) -> list[BlockPlan]:
     return best[1]
 
 
-def compare(ctx: Context, strategies: tuple[str, ...] | None = None) -> dict[str, Plan]:
-    """Plans of several strategies; exhaustive only where the model is small enough."""
+def strategies_for(trunk: Trunk, strategy: str = "all") -> tuple[str, ...]:
+    """The strategies `halpc plan` compares: `strategy` beside local, or all of them (exhaustive
+    only where the model has few enough cut points to enumerate)."""
+    if strategy != "all":
+        return tuple(dict.fromkeys(("local", strategy)))
+    return tuple(s for s in STRATEGIES if s != "exhaustive" or len(trunk.cuts) <= EXHAUSTIVE_CUTS)
+
+
+def compare(ctx: Context, strategies: tuple[str, ...] | None = None, progress: Progress = silent) -> dict[str, Plan]:
+    """Plans of several strategies (all but exhaustive unless named)."""
     names = strategies or tuple(s for s in STRATEGIES if s != "exhaustive")
-    return {name: make_plan(ctx, name) for name in names}
+    plans = {}
+    for i, name in enumerate(names, 1):
+        progress(f"planning {name} ({i}/{len(names)})")
+        plans[name] = make_plan(ctx, name)
+    return plans
 
 
-def best_plan(ctx: Context) -> Plan:
-    plans = compare(ctx)
+def best_plan(ctx: Context, progress: Progress = silent) -> Plan:
+    plans = compare(ctx, progress=progress)
     return min(plans.values(), key=lambda p: p.predicted["latency_ms"])

@@ -17,7 +17,7 @@ from halpc.present.charts import PALETTE, nice_ticks
 from halpc.present.tables import plans_used_text
 from halpc.templating import templates
 from halpc.whatif.replay import PolicyResult, TaskRecord
-from halpc.whatif.trace import Trace
+from halpc.whatif.bandwidth_trace import Trace
 
 TEMPLATE = "simulate_report.html.j2"
 

@@ -24,7 +24,7 @@ from halpc.host.adapt import (LOCAL, POLICIES, Bandwidths, Choice, LinkEstimator
                          cached, default_option)
 from halpc.host.control import PROBE_INTERVAL_S
 from halpc.errors import HalpcError
-from halpc.whatif.trace import Trace, load_trace
+from halpc.whatif.bandwidth_trace import Trace, load_trace
 
 @dataclass
 class TaskRecord:
@@ -204,3 +204,15 @@ def simulate_bundle(manifest, trace_spec: str, deadline_s: float, period_s: floa
         for policy in results
     }
     return trace, results, curves, notes
+
+
+def replay_json(results: dict[str, PolicyResult], curves: dict[str, list[tuple[float, float]]]) -> dict:
+    """`halpc simulate --json`: per policy its reliability, latency percentiles (ms), accuracy,
+    plans used and reliability curve ([deadline ms, reliability])."""
+    return {
+        policy: {"reliability": r.reliability, "on_time": r.on_time, "tasks": len(r.tasks),
+                 "percentiles_ms": {k: v * 1e3 for k, v in r.percentiles.items()},
+                 "mean_accuracy": r.mean_accuracy, "plans": dict(r.plans_used()),
+                 "curve": [[d * 1e3, rel] for d, rel in curves[policy]]}
+        for policy, r in results.items()
+    }

@@ -28,11 +28,11 @@ def check_horizon(horizon_s: float, sources: Sequence[float]) -> None:
     """A usage error unless `horizon_s` is a positive number of seconds that keeps the
     simulation under MAX_FRAMES frames (`sources`: their rates, Hz)."""
     if not 0 < horizon_s < math.inf:
-        raise UsageError(f"--horizon-s {horizon_s}: give a positive number of seconds, e.g. 20")
+        raise UsageError(f"{horizon_s}: give a positive number of seconds, e.g. 20", option="horizon_s")
     frames = horizon_s * sum(sources)
     if frames > MAX_FRAMES:
-        raise UsageError(f"--horizon-s {horizon_s:g} makes {frames:,.0f} frames at the sources' rates; "
-                         f"keep it under {MAX_FRAMES:,} frames")
+        raise UsageError(f"{horizon_s:g} s makes {frames:,.0f} frames at the sources' rates; "
+                         f"keep it under {MAX_FRAMES:,} frames", option="horizon_s")
 
 
 def plan_sharing(cluster: Cluster, input_shapes: Mapping | None, strategy: str = "all", horizon_s: float = 20.0,
@@ -41,8 +41,8 @@ def plan_sharing(cluster: Cluster, input_shapes: Mapping | None, strategy: str =
     from halpc.compile import load_sources
 
     if strategy != "all" and strategy not in STRATEGIES:
-        raise UsageError(f"--strategy {strategy} plans one host; {cluster.source} has several sources: "
-                         f"choose all or one of {', '.join(STRATEGIES)}")
+        raise UsageError(f"{strategy} plans one host; {cluster.source} has several sources: "
+                         f"choose all or one of {', '.join(STRATEGIES)}", option="strategy")
     check_horizon(horizon_s, [s.rate_hz or 0.0 for s in cluster.sources])
     trunks = load_sources(cluster, dict(input_shapes or {}))
     return compare_sources(cluster, trunks, horizon_s, arrivals=arrivals,
@@ -56,7 +56,7 @@ def sharing_from_manifest(data: Mapping[str, Any], where: str = "manifest.json"
     sharing = data.get("sharing")
     if not sharing:
         raise HalpcError(f"{where}: no record of how the sources share the helpers (compiled with a one-host "
-                         "strategy?); compile with --strategy matching (or alone, selfish, greedy, random)")
+                         "strategy?); compile it with the matching strategy (or alone, selfish, greedy, random)")
     try:
         sources = [game.Source(name, float(s["rate_hz"]),
                                [game.Partition(name, k, float(p["gmac"]), float(p["in_bytes"]), float(p["out_bytes"]))

@@ -6,7 +6,7 @@ model; a frame's work is cut into partitions sized by node capacity, and the par
 sources are assigned to the shared nodes by a matching in which each partition wants to finish
 as early as possible. This package is the algorithm and its cost model only: pure Python,
 independent of ONNX (`planner.sources` turns trunks and strips into partitions). Its modules:
-`model` (the data), `problem` (the cost model), `game` (the matching), `baselines`, `queue`
+`model` (the data), `problem` (the cost model), `game` (the matching), `baselines`, `frames`
 (frames played out over time).
 
 Vocabulary
@@ -115,7 +115,7 @@ from halpc.planner.matching.baselines import BASELINES, STRATEGIES, alone, assig
 from halpc.planner.matching.game import blocking_pairs, evaluate, match, proposal_order
 from halpc.planner.matching.model import (CONSENTS, EPS, Evaluation, Exchange, Key, LinkSpec, Matching, Node,
                                           Partition, Source, cluster_link, partitions_by_capacity)
-from halpc.planner.matching.queue import SourceStats, compare, nearest_rank, play_frames, release_times
+from halpc.planner.matching.frames import SourceStats, compare, nearest_rank, play_frames, release_times
 
 __all__ = [
     "BASELINES", "CONSENTS", "EPS", "STRATEGIES", "Evaluation", "Exchange", "Key", "LinkSpec", "Matching", "Node",

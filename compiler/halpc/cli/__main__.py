@@ -1,0 +1,4 @@
+"""`python -m halpc.cli ...`: how `halpc run --spawn` starts one run per source."""
+from halpc.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""What the host's node keeps besides running tasks: the devices' pongs, timelines and probe
+answers; and what a finished task gives back (`TaskResult`) or a device fault (`Fault`)."""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from halpc_stub import wire
+from halpc_stub.errors import BundleError
+from halpc_stub.node import Node
+
+
+class RunError(BundleError):
+    """A device did not answer or did not deliver its rows in time."""
+
+
+@dataclass
+class TaskResult:
+    task: int
+    outputs: dict[str, np.ndarray]
+    start: float  # host clock, seconds
+    end: float
+    plan: str = "default"  # the id of the bundle plan it ran (or, when `unsplit`, was chosen)
+    # Measured timeline, host clock: {"device", "kind", "start", "end", "label", "peer",
+    # "bytes"}; the devices' parts arrive just after the task ends and are merged in as they
+    # come (at the latest when `stream` ends).
+    events: list[dict[str, Any]] = field(default_factory=list)
+    fallback: str | None = None  # why it did not run the plan chosen for it (a device down)
+    unsplit: bool = False  # computed by the host alone with the unsplit model
+
+    @property
+    def latency_s(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A task the host gave up because `device` sent nothing for `waited_s` (> `bound_s`)."""
+
+    task: int
+    device: str
+    at: float  # host clock
+    waited_s: float
+    bound_s: float
+    expected_s: float
+
+
+class HostNode(Node):
+    def __init__(self, *args: Any, session_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_id = session_id
+        self.pongs: dict[str, dict[str, Any]] = {}
+        self.traces: dict[tuple[int, str], list[list[Any]]] = {}
+        self.probed: list[tuple[str, int, float]] = []  # (device, bytes, seconds between parts)
+        self.given_up: OrderedDict[int, None] = OrderedDict()  # tasks whose devices' traces are dropped
+
+    def _ours(self, header: dict[str, Any]) -> None:
+        if header["from"] not in self.addresses or header.get("session") != self.session_id:
+            raise wire.Rejected(f"{header['kind']} from {header['from']!r} for another session")
+
+    def on_pong(self, header: dict[str, Any], frames: list[Any]) -> None:
+        self._ours(header)
+        self.pongs[header["from"]] = {**header, "received": time.time()}
+
+    def on_trace(self, header: dict[str, Any], frames: list[Any]) -> None:
+        self._ours(header)
+        events = header.get("events")
+        if not isinstance(events, list):
+            raise wire.Rejected("trace without events")
+        _, task = wire.task_of(header)
+        if task in self.given_up:
+            return
+        self.traces[(task, header["from"])] = events
+
+    def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
+        self._ours(header)
+        size, gap = header.get("bytes"), header.get("gap")
+        if type(size) is not int or not isinstance(gap, (int, float)) or size <= 0 or gap < 0:
+            raise wire.Rejected("probe answer without bytes and gap")
+        self.probed.append((header["from"], size, float(gap)))
+
+
+def event_dict(device: str, raw: list[Any]) -> dict[str, Any]:
+    kind, start, end, label, peer, nbytes = raw
+    return {"device": device, "kind": kind, "start": start, "end": end, "label": label, "peer": peer,
+            "bytes": nbytes}
+
+
+def join_sends(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A send lasts until its receiver had the rows ("arrive" events, then dropped)."""
+    arrivals = {(e["peer"], e["device"], e["label"]): e["start"] for e in events if e["kind"] == "arrive"}
+    out = []
+    for e in events:
+        if e["kind"] == "arrive":
+            continue
+        if e["kind"] == "send":
+            e = {**e, "end": max(e["end"], arrivals.get((e["device"], e["peer"], e["label"]), e["end"]))}
+        out.append(e)
+    return sorted(out, key=lambda e: (e["start"], e["device"]))
