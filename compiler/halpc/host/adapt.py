@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from halpc import units
 from halpc.errors import HalpcError
 
 Bandwidths = Mapping[str, float]  # per non-host device: Mbit/s of its link
@@ -56,10 +57,6 @@ class Choice:
     accuracy: float | None
     predicted_s: float
     reason: str
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"
 
 
 def _rates(estimate: Bandwidths) -> str:
@@ -100,10 +97,10 @@ def choose(policy: str, options: Sequence[PlanOption], predict: Predictor, estim
                 "compile one with the local strategy or choose another policy"
             )
         s = predict(local.id, estimate)
-        return _choice(local, s, f"{local.label}: the host alone, {_ms(s)} predicted")
+        return _choice(local, s, f"{local.label}: the host alone, {units.ms(s)} ms predicted")
     if policy == "fixed":
         s = predict(default.id, estimate)
-        return _choice(default, s, f"{default.label}: the default plan, {_ms(s)} predicted{at}")
+        return _choice(default, s, f"{default.label}: the default plan, {units.ms(s)} ms predicted{at}")
     if policy == "select" and deadline_s is not None:
         return _select(options, predict, estimate, deadline_s, default)
     plans = [o for o in options if o.variant == default.variant]
@@ -113,8 +110,8 @@ def choose(policy: str, options: Sequence[PlanOption], predict: Predictor, estim
     if best is default:
         why = f"the default plan is the fastest of {len(plans)}"
     else:
-        why = f"fastest of {len(plans)} (default {default.strategy} {_ms(predicted[default.id])})"
-    return _choice(best, s, f"{best.label}: {_ms(s)} predicted{at}, {why}")
+        why = f"fastest of {len(plans)} (default {default.strategy} {units.ms(predicted[default.id])} ms)"
+    return _choice(best, s, f"{best.label}: {units.ms(s)} ms predicted{at}, {why}")
 
 
 def _select(options: Sequence[PlanOption], predict: Predictor, estimate: Bandwidths, deadline_s: float,
@@ -142,12 +139,12 @@ def _select(options: Sequence[PlanOption], predict: Predictor, estimate: Bandwid
                 why = "the most accurate variant"
             else:
                 above = fastest[ranked[i - 1]]
-                why = f"{above.variant} needs {_ms(predicted[above.id])}"
-            return _choice(best, s, f"{best.label}: {_ms(s)} predicted{at} meets {_ms(deadline_s)} ({why})")
+                why = f"{above.variant} needs {units.ms(predicted[above.id])} ms"
+            return _choice(best, s, f"{best.label}: {units.ms(s)} ms predicted{at} meets {units.ms(deadline_s)} ms ({why})")
     best = min(enumerate(fastest.values()), key=lambda io: (
         predicted[io[1].id], io[1].variant != default.variant, io[0]))[1]
     s = predicted[best.id]
-    return _choice(best, s, f"none meets {_ms(deadline_s)}{at}: fastest is {best.label}, {_ms(s)}")
+    return _choice(best, s, f"none meets {units.ms(deadline_s)} ms{at}: fastest is {best.label}, {units.ms(s)} ms")
 
 
 class LinkEstimator:

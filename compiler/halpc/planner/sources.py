@@ -17,12 +17,12 @@ matching, until no source changes (at most `CUT_ROUNDS` rounds).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from halpc.inputs.cluster import Cluster
 from halpc.errors import HalpcError
+from halpc.units import ms_or_none
 from halpc.planner.plan import BlockPlan, Plan, Strip
 from halpc.planner.strategies import best_plan, make_plan
 from halpc.planner.context import context, device_speeds
@@ -69,7 +69,7 @@ class SourcesPlan:
             "sources": {
                 s.name: {"rate_hz": s.rate_hz, "cut": self.cuttings[s.name].cut,
                          "gather_ms": s.gather_ms,
-                         "predicted_ms": _ms(self.evaluation.latency[s.name]),
+                         "predicted_ms": ms_or_none(self.evaluation.latency[s.name], 3),
                          "partitions": [{"gmac": p.gmac, "in_bytes": p.in_bytes, "out_bytes": p.out_bytes,
                                          "rows": list(self.cuttings[s.name].bounds[p.index:p.index + 2]),
                                          "node": self.assignment[p.key]} for p in s.partitions]}
@@ -82,9 +82,6 @@ class SourcesPlan:
                                            for k, n in self.matching.initial.items()]}
         return out
 
-
-def _ms(seconds: float) -> float | None:
-    return round(seconds * 1e3, 3) if math.isfinite(seconds) else None
 
 
 def nodes_of(cluster: Cluster) -> tuple[game.Node, ...]:
@@ -180,7 +177,7 @@ def _plan(trunk: Trunk, cluster: Cluster, c: Cutting, assignment: Mapping[game.K
     # latency_ms: this frame on idle nodes (the timeline); shared_ms: the matching's model,
     # with the other sources' work queued on the same nodes.
     return Plan(strategy, plan.model_sha256, plan.input_shapes, plan.blocks,
-                {"latency_ms": round(alone * 1e3, 3), "shared_ms": _ms(latency_s)})
+                {"latency_ms": round(alone * 1e3, 3), "shared_ms": ms_or_none(latency_s, 3)})
 
 
 def plan_each(cluster: Cluster, trunks: Mapping[str, Trunk], strategy: str) -> dict[str, Plan]:
@@ -207,6 +204,6 @@ def compare_sources(cluster: Cluster, trunks: Mapping[str, Trunk], horizon_s: fl
         for s in sp.sources:
             st = sim[s.name]
             rows.append({"strategy": strategy, "source": s.name, "rate_hz": s.rate_hz,
-                         "predicted_ms": _ms(sp.evaluation.latency[s.name]), "mean_ms": _ms(st.mean_s),
-                         "p95_ms": _ms(st.p95_s), "frames": st.frames})
+                         "predicted_ms": ms_or_none(sp.evaluation.latency[s.name], 3), "mean_ms": ms_or_none(st.mean_s, 3),
+                         "p95_ms": ms_or_none(st.p95_s, 3), "frames": st.frames})
     return rows, planned

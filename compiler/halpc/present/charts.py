@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from halpc import units
 from halpc.planner.cost import Event
 
 PALETTE = ("#2f6fbf", "#e07b24", "#2e7d32", "#6a3d9a", "#c62828", "#00838f", "#8d6e63", "#ad1457")
@@ -73,7 +74,7 @@ def _css(event: Event) -> str:
 
 
 def _title(event: Event) -> str:
-    span = f"{_span_ms(event.start)}–{_span_ms(event.end)} ms ({_span_ms(event.end - event.start)} ms)"
+    span = f"{units.ms(event.start, 2)}–{units.ms(event.end, 2)} ms ({units.ms(event.end - event.start, 2)} ms)"
     if event.kind == "send":
         return f"{event.device} → {event.peer}: sends {event.label}, {span}"
     if event.kind == "wait":
@@ -131,7 +132,7 @@ def gantt_rects(
                 what = {"send": "sends", "wait": "waits", "compute": "compute steps"}[kind]
                 title = (f"{device}: {len(run)} {what}"
                          + (f" ({', '.join(peers)})" if peers else "")
-                         + f", {_span_ms(start)}–{_span_ms(end)} ms (merged: closer than {merge_px:g} px)")
+                         + f", {units.ms(start, 2)}–{units.ms(end, 2)} ms (merged: closer than {merge_px:g} px)")
             x = start * px
             width = max((end - start) * px, MIN_WIDTH)
             if kind != "wait" and width > 3 * GAP:
@@ -191,7 +192,3 @@ def make_chart(name: str, prediction, devices: list[str], host: str, details: di
     )
 
 
-
-
-def _span_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f}"

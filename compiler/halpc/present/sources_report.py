@@ -11,7 +11,7 @@ from halpc.errors import HalpcError
 from halpc.files import write_atomic
 from halpc.planner import matching as game
 from halpc.planner.sources import SourcesPlan
-from halpc.present import units
+from halpc import units
 from halpc.present.charts import PALETTE, nice_ticks
 from halpc.present.tables import sources_latency_table, table
 from halpc.templating import templates

@@ -9,7 +9,7 @@ from halpc.compile import Compiled
 from halpc.analyse.trunk import Trunk
 from halpc.host.verify import OutputCheck
 from halpc.inputs.profile_file import full_height_ms
-from halpc.present import units
+from halpc import units
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] = frozenset()) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 
 from halpc.planner.matching.baselines import STRATEGIES, assign
 from halpc.planner.matching.game import evaluate
-from halpc.planner.matching.model import Key, LinkSpec, Node, Source, ms_or_none
+from halpc.planner.matching.model import Key, LinkSpec, Node, Source
+from halpc.units import ms_or_none
 from halpc.planner.matching.problem import Problem
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from halpc.units import ms_or_none
+
 EPS = 1e-12
 """Seconds: a change counts as an improvement only if it gains more than this."""
 
@@ -197,11 +199,6 @@ class Matching(Evaluation):
             "latency_ms": {s: ms_or_none(t) for s, t in self.latency.items()},
             "utilization": {n: round(u, 6) for n, u in self.utilization.items()},
         }
-
-
-def ms_or_none(seconds: float) -> float | None:
-    """Milliseconds rounded for JSON, or None for an overloaded node's inf."""
-    return round(seconds * 1e3, 6) if math.isfinite(seconds) else None
 
 
 def link_function(link: LinkSpec) -> Callable[[str, str], tuple[float, float] | None]:

@@ -1,4 +1,4 @@
-"""How numbers are written for people, one way each: milliseconds, MACs, shapes."""
+"""How numbers are written for people and for JSON, one way each: milliseconds, MACs, shapes."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,11 @@ from collections.abc import Sequence
 def ms(seconds: float, decimals: int = 1) -> str:
     """Seconds as milliseconds without the unit: `ms(0.0123)` is "12.3"; inf stays "inf"."""
     return f"{seconds * 1e3:.{decimals}f}" if math.isfinite(seconds) else "inf"
+
+
+def ms_or_none(seconds: float, decimals: int = 6) -> float | None:
+    """Milliseconds as a JSON number, rounded; None for an overloaded node's inf."""
+    return round(seconds * 1e3, decimals) if math.isfinite(seconds) else None
 
 
 def macs(count: float) -> str:
