@@ -373,3 +373,40 @@ def test_errors_from_string_use_given_source() -> None:
         parse_cluster(HOST.replace("8.0", "-1"), source="my.toml")
     with pytest.raises(HalpcError, match=r"^<string>: device: no devices"):
         parse_cluster("")
+
+
+def test_from_dict_none_is_absent_but_an_unknown_key_is_refused() -> None:
+    d = {"network": None, "link": None,
+         "device": [{"name": "h", "host": True, "address": "h.local:1", "gmacs": 2, "threads": None, "profile": None}]}
+    cluster = Cluster.from_dict(d)
+    assert (cluster.network_bandwidth_mbps, cluster.host.threads, cluster.host.profile) == (100.0, 1, None)
+    d["device"][0]["colour"] = None
+    with pytest.raises(HalpcError, match=r"^<dict>: device\[1\]: unknown field 'colour'"):
+        Cluster.from_dict(d)
+
+
+def test_an_unknown_key_is_reported_before_the_other_errors_of_its_table(tmp_path: Path) -> None:
+    # the typo is the cause: "gmacs missing" would send the user the wrong way
+    message, prefix = load_error(tmp_path, HOST + PI2.replace("gmacs = 8.0", "gmac = 8.0\nthreads = 0"))
+    assert message.startswith(prefix + "device[2]: unknown field 'gmac'"), message
+
+
+def test_first_error_in_file_order(tmp_path: Path) -> None:
+    message, prefix = load_error(tmp_path, HOST.replace("8.0", "0") + PI2.replace("gmacs = 8.0", "colour = 1"))
+    assert message.startswith(prefix + "device[1].gmacs: must be a positive number, got 0"), message
+
+
+@pytest.mark.parametrize(("text", "field", "needle"), [
+    (HOST + PI2.replace('"pi-2"', '"pi-2\\n"'), "device[2].name", "safe folder name"),
+    (HOST + PI2 + '[[link]]\nbetween = []\nbandwidth_mbps = 5\n', "link[1].between", "two device names, got []"),
+    (HOST + PI2 + '[[link]]\nbetween = ["host", 3]\nbandwidth_mbps = 5\n', "link[1].between", 'got ["host", 3]'),
+    ("link = [3]\n" + HOST + PI2, "link[1]", "must be a table, got 3"),
+    (HOST + PI2 + 'source = 1\n', "device[2].source", "true or false, got 1"),
+    (HOST + PI2 + 'rate_hz = 2\n', "device[2].rate_hz", "only a source"),
+    (PI2.replace('name = "pi-2"', 'name = "pi-2"\nsource = true\nmodel = " "\nrate_hz = 3') + PI3,
+     "device[1].model", "path of the source's ONNX model"),
+])
+def test_more_errors_name_the_field(tmp_path: Path, text: str, field: str, needle: str) -> None:
+    message, prefix = load_error(tmp_path, text)
+    assert message.startswith(f"{prefix}{field}: "), message
+    assert needle in message, message

@@ -181,6 +181,38 @@ def test_broken_profile_names_the_file(tmp_path, content):
         load_profile(tmp_path / "p.json")
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("gmacs", None, ["gmacs: missing"]),
+    ("gmacs", True, ["gmacs: must be a positive number, got True"]),
+    ("per_run_overhead_ms", -1, ["per_run_overhead_ms: must be a number >= 0 or null, got -1"]),
+    ("per_run_overhead_ms", "1.5", ["per_run_overhead_ms:", "got '1.5'"]),
+    ("weight_gbps", -2.0, ["weight_gbps: must be a number >= 0 or null"]),
+    ("per_message_overhead_ms", True, ["per_message_overhead_ms:", "got True"]),
+    ("layers", [], ["layers: must be an object of per-layer timings, got []"]),
+])
+def test_profile_figures_the_planner_reads_are_checked(tmp_path, key, value, words):
+    """The schema checks every figure the planner reads (a negative overhead or a string used to
+    pass, or fail later with a traceback); the message names the file and the field."""
+    data = {"schema": SCHEMA, "gmacs": 4.0, "per_run_overhead_ms": 1.0, "layers": {}, "note": "kept"}
+    if value is None:
+        del data[key]
+    else:
+        data[key] = value
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(HalpcError) as info:
+        load_profile(tmp_path / "p.json")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'p.json'}: ") and "\n" not in message, message
+    assert all(w in message for w in words), message
+
+
+def test_profile_keeps_every_field_and_null_costs(tmp_path):
+    data = {"schema": SCHEMA, "gmacs": 4, "per_run_overhead_ms": None, "weight_gbps": 0,
+            "per_message_overhead_ms": None, "measured": False, "extra": {"any": [1]}}
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert load_profile(tmp_path / "p.json") == data
+
+
 def test_missing_profile_names_the_file(tmp_path):
     cluster = load_cluster(cluster_file(tmp_path, "absent.json"))
     with pytest.raises(HalpcError, match="absent.json"):

@@ -14,7 +14,8 @@ import models
 from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
 from halpc.compile import compile_bundle
 from halpc.errors import HalpcError
-from halpc.planner.plan import even_plan, plan_from_json
+from halpc.planner.plan import even_plan
+from halpc.planner.plan_file import plan_from_json
 from halpc.host.verify import verify
 
 

@@ -22,7 +22,8 @@ from halpc.emit.bundle import BundleSummary, PlanEntry, check_destination, write
 from halpc.errors import HalpcError, UsageError
 from halpc.progress import Progress, silent
 from halpc.inputs.model import Shape, load_model
-from halpc.planner.plan import Plan, load_plan
+from halpc.planner.plan import Plan
+from halpc.planner.plan_file import load_plan
 from halpc.planner.strategies import best_plan, make_plan
 from halpc.planner.context import context
 from halpc.planner.predict import predict

@@ -8,11 +8,40 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from halpc.errors import HalpcError
 from halpc.files import write_atomic
+from halpc.inputs.schema import Rule, clip, one_line_error
 
 SCHEMA = "halpc-profile/1"
+
+_Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class ProfileDoc(BaseModel):
+    """What the planner reads from a profile; the many other measured fields pass unchecked."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    schema_: Literal["halpc-profile/1"] = Field(alias="schema")  # checked first, for its own message
+    gmacs: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    per_run_overhead_ms: _Cost | None = None
+    weight_gbps: _Cost | None = None  # None or 0: reading weights costs nothing
+    per_message_overhead_ms: _Cost | None = None
+    layers: dict[str, Any] = Field(default_factory=dict)
+
+
+_AGAIN = "measure the device again with `halpc profile`"
+_RULES = {
+    "gmacs": Rule(f"must be a positive number, got {{got}}; {_AGAIN}", missing=f"missing; {_AGAIN}"),
+    "per_run_overhead_ms": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
+    "weight_gbps": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
+    "per_message_overhead_ms": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
+    "layers": Rule(f"must be an object of per-layer timings, got {{got}}; {_AGAIN}"),
+}
 
 
 def write_profile(profile: dict, path: str | os.PathLike[str]) -> Path:
@@ -33,7 +62,8 @@ def dumps(value, indent: int = 0) -> str:
 
 
 def load_profile(path: str | os.PathLike[str]) -> dict:
-    """Read and check a profile; a HalpcError naming the file when it is not a usable one."""
+    """Read and check a profile; a HalpcError naming the file and the field when it is not a usable
+    one. The plain dict comes back, every measured field in it (the planner reads a few)."""
     src = Path(path)
     try:
         data = json.loads(src.read_text(encoding="utf-8"))
@@ -43,14 +73,12 @@ def load_profile(path: str | os.PathLike[str]) -> dict:
         raise HalpcError(f"{src}: cannot read the device profile ({exc})") from None
     except ValueError as exc:
         raise HalpcError(f"{src}: not valid JSON ({exc}); measure it again with `halpc profile`") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:  # not a profile at all: one message
         raise HalpcError(f"{src}: not a halpc device profile (schema must be {SCHEMA!r})")
-    gmacs = data.get("gmacs")
-    if isinstance(gmacs, bool) or not isinstance(gmacs, (int, float)) or not gmacs > 0 \
-            or gmacs == float("inf"):
-        raise HalpcError(f"{src}: gmacs must be a positive number, got {gmacs!r}")
-    if not isinstance(data.get("layers", {}), dict):
-        raise HalpcError(f"{src}: layers must be an object of per-layer timings")
+    try:
+        ProfileDoc.model_validate(data)
+    except ValidationError as exc:
+        raise one_line_error(exc, data, str(src), _RULES, show=lambda v: clip(repr(v))) from None
     return data
 
 
