@@ -68,12 +68,13 @@ demo-sources: setup
 	$(BIN)/halpc simulate $(SOURCES)/bundle --report $(SOURCES)/simulate.html
 	$(BIN)/halpc run $(SOURCES)/bundle --spawn --check --tasks 20
 
-# Everything, slow tests included (what CI runs).
+# Everything, slow tests included (what CI runs). -rs prints why each skipped test skipped; as
+# root, a skipped emulated-cluster or Chromium test fails instead (tests/conftest.py).
 test: setup system-deps
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/compile_time.py

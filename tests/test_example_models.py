@@ -279,3 +279,17 @@ def test_cache_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert fetch_pretrained.cache_dir(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv(fetch_pretrained.CACHE_ENV)
     assert fetch_pretrained.cache_dir() == Path.home() / ".cache" / "halpc" / "models"
+
+
+# -- the example device profile --------------------------------------------------------------------
+# examples/profiles/this_machine.json is committed data that README and benchmarks point users to;
+# it is checked here with the other example files (test_profile.py tests the code that measures,
+# writes and reads profiles).
+
+
+def test_example_measured_profile_is_a_valid_profile() -> None:
+    from halpc.inputs.profile_file import SCHEMA, load_profile
+
+    profile = load_profile(Path(__file__).resolve().parent.parent / "examples" / "profiles" / "this_machine.json")
+    assert profile["schema"] == SCHEMA and profile["measured"] is True and profile["layers"]
+    assert all(e["per_row_ms"] >= 0 and e["fixed_ms"] >= 0 for e in profile["layers"].values())

@@ -10,7 +10,8 @@ captured, so that thousands of cases fit in a minute; an exception that escapes 
 the traceback a user would see. A few cases also run as real processes, where ONNX Runtime's own
 C++ logging would show on stderr too.
 
-Run with -s to see the counts ("fuzz: N CLI runs").
+Each test asserts that every example it asked hypothesis for ran (`Cases.report`); run with -s
+to see the counts ("fuzz: N CLI runs").
 """
 from __future__ import annotations
 
@@ -287,15 +288,18 @@ def test_damaged_onnx_inspect_and_plan(inputs, tmp_path):
     path = tmp_path / "damaged.onnx"
     test = "onnx inspect/plan"
 
-    @settings(FUZZ, max_examples=700)
+    examples = 700
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=damaged_bytes(inputs.model_bytes))
     def check(data):
         path.write_bytes(data)
         check_contract(invoke(["inspect", path]), test)
         check_contract(invoke(["plan", path, "--cluster", inputs.cluster, "--strategy", "even"]), test)
+        COUNTS.example(test)
 
     check()
-    COUNTS.report(test)
+    COUNTS.report(test, examples=examples, cases=2 * examples)
 
 
 def test_damaged_onnx_compile(inputs, tmp_path):
@@ -304,14 +308,17 @@ def test_damaged_onnx_compile(inputs, tmp_path):
     out = tmp_path / "out" / "bundle"
     test = "onnx compile"
 
-    @settings(FUZZ, max_examples=150)
+    examples = 150
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=damaged_bytes(inputs.model_bytes))
     def check(data):
         path.write_bytes(data)
         compile_to_fresh([path, "--cluster", inputs.cluster, "--strategy", "even"], out, test)
+        COUNTS.example(test)
 
     check()
-    COUNTS.report(test)
+    COUNTS.report(test, examples=examples, cases=examples)
 
 
 def test_damaged_cluster_file(inputs, tmp_path):
@@ -319,17 +326,22 @@ def test_damaged_cluster_file(inputs, tmp_path):
     path = tmp_path / "damaged.toml"
     out = tmp_path / "out" / "bundle"
     test = "cluster toml"
+    compiled: list[bytes] = []
+    examples = 600
 
-    @settings(FUZZ, max_examples=600)
+    @settings(FUZZ, max_examples=examples)
     @given(data=damaged_toml(inputs.cluster_text), also_compile=st.integers(0, 9))
     def check(data, also_compile):
         path.write_bytes(data)
         check_contract(invoke(["plan", inputs.model, "--cluster", path, "--strategy", "even"]), test)
         if also_compile == 0:
             compile_to_fresh([inputs.model, "--cluster", path, "--strategy", "even"], out, test)
+            compiled.append(data)
+        COUNTS.example(test)
 
     check()
-    COUNTS.report(test)
+    COUNTS.report(test, examples=examples, cases=examples + examples // 20)
+    assert len(compiled) >= examples // 20, len(compiled)  # about one in ten also compiles
 
 
 def test_damaged_plan_file(inputs, tmp_path):
@@ -338,14 +350,17 @@ def test_damaged_plan_file(inputs, tmp_path):
     out = tmp_path / "out" / "bundle"
     test = "plan json"
 
-    @settings(FUZZ, max_examples=500)
+    examples = 500
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=damaged_json(inputs.plan))
     def check(data):
         path.write_bytes(data)
         compile_to_fresh([inputs.model, "--cluster", inputs.cluster, "--plan", path], out, test)
+        COUNTS.example(test)
 
     check()
-    COUNTS.report(test)
+    COUNTS.report(test, examples=examples, cases=examples)
 
 
 @pytest.fixture
@@ -366,7 +381,9 @@ def test_damaged_manifest(inputs, tmp_path, memory_cap):
     good = (bundle / "manifest.json").read_bytes()
     test = "manifest"
 
-    @settings(FUZZ, max_examples=700)
+    examples = 700
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=damaged_json(inputs.manifest), where=st.sampled_from(["root", "dev-1", "dev-2"]))
     def check(data, where):
         target = bundle / "manifest.json" if where == "root" else bundle / where / "manifest.json"
@@ -379,9 +396,10 @@ def test_damaged_manifest(inputs, tmp_path, memory_cap):
                 check_contract(invoke([bundle / where, "--device", where, "--check"], stub=True), test)
         finally:
             target.write_bytes(good)
+        COUNTS.example(test)
 
     check()
-    COUNTS.report(test)
+    COUNTS.report(test, examples=examples, cases=examples)
 
 
 def test_undamaged_inputs_still_work(inputs, tmp_path):
@@ -399,7 +417,7 @@ def test_undamaged_inputs_still_work(inputs, tmp_path):
     out = tmp_path / "again"
     assert compile_to_fresh([inputs.model, "--cluster", inputs.cluster, "--plan", plan], out, test).code == 0
     assert tomllib.loads(inputs.cluster_text)["device"]
-    COUNTS.report(test)
+    COUNTS.report(test, cases=8)
 
 
 # -- a few as real processes --------------------------------------------------------------------
@@ -431,4 +449,4 @@ def test_damaged_inputs_in_real_processes(inputs, tmp_path):
                                 "real processes")
         if argv[0] == "compile" and result.code != 0:
             assert_nothing_written(Path(argv[-1]))
-    COUNTS.report("real processes")
+    COUNTS.report("real processes", cases=len(cases))

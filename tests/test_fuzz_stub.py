@@ -12,13 +12,17 @@ process; their sends are captured instead of leaving on sockets, and messages ar
 one round (its advance-and-report loop). One test goes over real sockets: a raw PUSH floods a
 served stub, then a real `HostSession` runs tasks through it.
 
-Run with -s to see the counts ("fuzz: N stub messages").
+One more runs against a bundle with CURVE keys: messages whose `from` is not the device their
+connection authenticated as (`keys.check_sender`).
+
+Each test asserts that every example it asked hypothesis for ran (`Cases.report`); run with -s
+to see the counts ("fuzz: N stub messages").
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
+import logging
 import random
 import threading
 import time
@@ -38,7 +42,7 @@ from fuzzing import FUZZ, Cases
 from bundles import free_ports, local_cluster, save
 from halpc.compile import Variant, compile_bundle
 from halpc.host.verify import random_inputs
-from halpc_stub import wire
+from halpc_stub import keys, wire
 from halpc_stub.executor import host_store, run_program
 from halpc_stub.host import HostSession, TaskResult
 from halpc_stub.host_node import HostNode
@@ -69,15 +73,13 @@ def tiny_cnn(seed: int, size: int = 24):
     return b.model("tiny", size, size, 10, "a small CNN for fuzzing")
 
 
-def compile_tiny(root: Path) -> Path:
-    """Two variants of the tiny CNN, `even` over three loopback devices on free ports."""
+def compile_tiny(root: Path, insecure: bool = True) -> Path:
+    """Two variants of the tiny CNN, `even` over three loopback devices on free ports; plaintext
+    (messages are fed in process, without CURVE frames) unless `insecure` is False."""
     first, second = save(tiny_cnn(1), root, "tiny.onnx"), save(tiny_cnn(2), root, "tiny2.onnx")
     cluster = local_cluster(3, ports=free_ports(3), bandwidth_mbps=2000, gmacs=1.0)
-    extra: dict[str, Any] = {}
-    if "insecure" in inspect.signature(compile_bundle).parameters:
-        extra["insecure"] = True  # plaintext: messages are fed in process, without CURVE frames
     out = root / "bundle"
-    compile_bundle(first, cluster, out, "even", accuracy=70.0, variants=[Variant(second, 60.0)], **extra)
+    compile_bundle(first, cluster, out, "even", accuracy=70.0, variants=[Variant(second, 60.0)], insecure=insecure)
     return out
 
 
@@ -379,7 +381,9 @@ def test_mutated_headers(world):
     """Valid messages of every kind with one or two fields deleted or replaced by hostile values
     (wrong types, huge and negative ints, bools for ints, nested objects, unicode, NaN)."""
 
-    @settings(FUZZ, max_examples=2000)
+    examples = 2000
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=st.data(), kind=st.sampled_from(wire.KINDS))
     def check(data, kind):
         header, extra = base_message(world, data, kind)
@@ -387,10 +391,11 @@ def test_mutated_headers(world):
         COUNTS["mutated headers"] += 1
         pump(world.node, [frames])
         check_bounds(world)
+        COUNTS.example("mutated headers")
 
     check()
     run_valid_task(world)
-    COUNTS.report("mutated headers")
+    COUNTS.report("mutated headers", examples=examples, cases=examples)
 
 
 def test_every_field_with_line_breaks_and_odd_types(world):
@@ -398,7 +403,9 @@ def test_every_field_with_line_breaks_and_odd_types(world):
     broken loggers and parsers before: every rejection is still one line (`deliver` checks)."""
     odd = ["a\nb", "\r\n", "\u2028", "\x1b[31m", "\ud800", ["\n"], {"\n": 1}, 10 ** 300, float("nan"), True, None]
 
-    @settings(FUZZ, max_examples=len(wire.KINDS) * 3, phases=[Phase.generate])
+    examples = len(wire.KINDS) * 3
+
+    @settings(FUZZ, max_examples=examples, phases=[Phase.generate])
     @given(data=st.data(), kind=st.sampled_from(wire.KINDS))
     def check(data, kind):
         header, extra = base_message(world, data, kind)
@@ -409,12 +416,14 @@ def test_every_field_with_line_breaks_and_odd_types(world):
                 deliver(world.host, [json.dumps({**header, key: value, "session": world.host.session_id}).encode(),
                                      *extra])
         check_bounds(world)
+        COUNTS.example("odd fields")
 
     check()
     world.host.traces.clear()
     world.host.probed.clear()
     run_valid_task(world)
-    COUNTS.report("odd fields")
+    # Every example sets each of at least the FIELDS in turn to each odd value, on both nodes.
+    COUNTS.report("odd fields", examples=examples, cases=examples * len(FIELDS) * len(odd) * 2)
 
 
 def test_random_frames(world):
@@ -432,7 +441,9 @@ def test_random_frames(world):
                          b'"t":' + b"9" * 5000 + b"}"]),
     )
 
-    @settings(FUZZ, max_examples=2000)
+    examples = 2000
+
+    @settings(FUZZ, max_examples=examples)
     @given(first=header_bytes, rest=st.lists(st.binary(max_size=300), max_size=3),
            batch=st.integers(1, 3))
     def check(first, rest, batch):
@@ -440,10 +451,11 @@ def test_random_frames(world):
         COUNTS["random frames"] += batch
         pump(world.node, [[first, *rest]] * batch)
         check_bounds(world)
+        COUNTS.example("random frames")
 
     check()
     run_valid_task(world)
-    COUNTS.report("random frames")
+    COUNTS.report("random frames", examples=examples, cases=examples)
 
 
 def test_rows_buffers_and_shapes(world):
@@ -452,7 +464,9 @@ def test_rows_buffers_and_shapes(world):
     dtypes = st.sampled_from(["float32", "float64", "float16", "int8", "int64", "uint8", "bool", "complex64",
                               "object", "V4", "<f4", "float32 ", "Float32", "", "f"])
 
-    @settings(FUZZ, max_examples=1500)
+    examples = 1500
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=st.data())
     def check(data):
         plan = data.draw(st.sampled_from(world.plans))
@@ -502,10 +516,11 @@ def test_rows_buffers_and_shapes(world):
         elif outcome is not None:  # valid: only ever refused as a repeat or a late one
             assert "twice" in outcome or "late rows" in outcome or "runs plan" in outcome, outcome
         check_bounds(world)
+        COUNTS.example("rows buffers")
 
     check()
     run_valid_task(world)
-    COUNTS.report("rows buffers")
+    COUNTS.report("rows buffers", examples=examples, cases=examples)
 
 
 @st.composite
@@ -546,7 +561,9 @@ def test_out_of_order_sequences(world):
     messages = len(w.plans[0].inbound)
     host = w.manifest.host.name
 
-    @settings(FUZZ, max_examples=400)
+    examples = 400
+
+    @settings(FUZZ, max_examples=examples)
     @given(batches=scenarios(len(w.plans), messages))
     def check(batches):
         session = f"seq-{next(w.sessions)}"
@@ -604,10 +621,12 @@ def test_out_of_order_sequences(world):
         kinds = Counter(h["kind"] for to, h, _ in w.sent if h.get("session") == session)
         assert kinds["probed"] == answered and kinds["pong"] == pongs
         assert all(to == host for to, h, _ in w.sent if h["kind"] != "rows")
+        COUNTS.example("sequences")
 
     check()
     run_valid_task(world, world.plans[1])
-    COUNTS.report("sequences")
+    # Every example sends at least one task's rows less the two left out.
+    COUNTS.report("sequences", examples=examples, cases=examples * (messages - 2))
 
 
 def test_host_node_messages(world):
@@ -621,7 +640,9 @@ def test_host_node_messages(world):
     default = w.manifest.plans[0]
     devices = [d for d in session.workers if default.program(d)]
 
-    @settings(FUZZ, max_examples=1500)
+    examples = 1500
+
+    @settings(FUZZ, max_examples=examples)
     @given(data=st.data(), kind=st.sampled_from(wire.KINDS), damage=st.booleans())
     def check(data, kind, damage):
         header, extra = base_message(w, data, kind)
@@ -647,9 +668,10 @@ def test_host_node_messages(world):
         for device, mbps in session.take_probes():
             assert device in w.manifest.workers and not mbps < 0  # NaN: says nothing
         assert not host.probed
+        COUNTS.example("host node")
 
     check()
-    COUNTS.report("host node")
+    COUNTS.report("host node", examples=examples, cases=examples)
 
 
 # -- over real sockets --------------------------------------------------------------------------
@@ -735,4 +757,130 @@ def test_flood_over_a_socket_then_exact_tasks(world, tmp_path):
         for s in stubs:
             s.close()
         context.destroy(linger=0)
-    COUNTS.report("socket flood")
+    COUNTS.report("socket flood", cases=400)
+
+
+def test_forged_senders_over_curve_are_rejected(tmp_path):
+    """With CURVE keys (the bundle above is --insecure), every connection to a stub is
+    authenticated as one device. A message of any kind whose header says it is from anyone else,
+    however valid otherwise (a rows message from the device that does send those rows, a ping
+    from the host), is rejected by `keys.check_sender`, counted, and logged with that reason; the
+    stubs then serve the host's tasks bit-exact."""
+    bundle = compile_tiny(tmp_path, insecure=False)
+    manifest = load_manifest(bundle)
+    assert not keys.insecure(manifest) and set(manifest.data["curve"]) == {d.name for d in manifest.devices}
+    names = [d.name for d in manifest.devices]
+    reasons: list[str] = []
+
+    class Reasons(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "rejected a message" in record.getMessage():
+                reasons.append(record.getMessage())
+
+    handler = Reasons()
+    logging.getLogger("halpc_stub").addHandler(handler)
+    stubs = {name: StubNode(manifest, name, load_sessions(manifest, name).__getitem__) for name in manifest.workers}
+    assert all(s.keys is not None for s in stubs.values())
+    stop = threading.Event()
+    threads = [threading.Thread(target=s.serve, args=(stop.is_set,), daemon=True) for s in stubs.values()]
+    for t in threads:
+        t.start()
+    context = zmq.Context()
+    pushes = {}  # (authenticated as, stub) -> a CURVE client with that device's key
+    for target in stubs:
+        for sender in names:
+            if sender != target:
+                push = pushes[(sender, target)] = context.socket(zmq.PUSH)
+                push.setsockopt(zmq.LINGER, 0)
+                keys.load(manifest, sender).client(push, target)
+                push.connect("tcp://" + manifest.device(target).address)
+    default = manifest.plans[0]
+    odd = st.sampled_from(["", " ", "HOST", "host ", " dev-1", "dev-1\n", "dev-9", "Dev-2", "\u00e9", "x" * 65,
+                           "dev-1\x00", "*"])
+    test = "forged senders"
+    examples = 300
+
+    def message(data, kind: str, claimed: str, target: str) -> list[bytes]:
+        """A message of `kind` to `target`, valid but for its sender: `claimed`."""
+        session = data.draw(st.sampled_from(["s0", "fuzz-host-session"]), "session")
+        task = data.draw(TASKS, "task")
+        if kind == "rows":
+            steps = [s for s in default.program(target) if s["op"] == "recv"]
+            own = [s for s in steps if s["from"] == claimed]  # rows `claimed` does send, if any
+            step = data.draw(st.sampled_from(own or steps), "recv step")
+            spec = default.tensors[step["tensor"]]
+            array = np.zeros(spec.strip_shape(tuple(step["rows"])), np.dtype(spec.dtype))
+            return [wire.rows_header(session, task, default.data["plan_sha256"], claimed, step, array),
+                    array.tobytes()]
+        header: dict[str, Any] = {"kind": kind, "from": claimed, "session": session}
+        extra: list[bytes] = []
+        if kind == "ping":
+            header["t"] = time.time()
+        elif kind == "probe":
+            header.update(seq=data.draw(st.integers(0, 3), "seq"), part=data.draw(st.sampled_from([0, 1]), "part"))
+            extra = [bytes(1000)]
+        elif kind == "cancel":
+            header["task"] = task
+        elif kind == "pong":
+            header.update(plan=stubs[target].plan, onnxruntime="1", t=time.time(), echo=1.0)
+        elif kind == "trace":
+            header.update(task=task, events=[["compute", 1.0, 2.0, "x.onnx", None, 0]])
+        else:
+            assert kind == "probed"
+            header.update(seq=0, bytes=65536, gap=0.001)
+        return [wire.encode(header), *extra]
+
+    def wait(until, seconds: float = 10.0) -> bool:
+        deadline = time.time() + seconds
+        while not until() and time.time() < deadline:
+            time.sleep(0.001)
+        return until()
+
+    try:
+        @settings(FUZZ, max_examples=examples)
+        @given(data=st.data(), kind=st.sampled_from(wire.KINDS))
+        def check(data, kind):
+            target = data.draw(st.sampled_from(sorted(stubs)), "stub")
+            sender = data.draw(st.sampled_from([n for n in names if n != target]), "authenticated as")
+            claimed = data.draw(st.one_of(st.sampled_from([n for n in names if n != sender]), odd,
+                                          st.text(max_size=8)), "claimed sender")
+            if claimed == sender:  # (st.text drew the very name)
+                claimed += "!"
+            node = stubs[target]
+            received, rejected, logged = node.received, node.rejected, len(reasons)
+            pushes[(sender, target)].send_multipart(message(data, kind, claimed, target))
+            COUNTS[test] += 1
+            assert wait(lambda: node.received > received), f"{target} never took the message"
+            assert wait(lambda: node.rejected > rejected and len(reasons) > logged, 1.0), \
+                f"{target} accepted a {kind} message from {claimed!r} on {sender}'s connection"
+            assert (node.received, node.rejected, len(reasons)) == (received + 1, rejected + 1, logged + 1)
+            assert reasons[-1] == (f"{target}: rejected a message: message from {claimed!r} on a connection "
+                                   f"authenticated as {sender!r}"), reasons[-1]
+            assert not node.tasks and all(t.is_alive() for t in threads)
+            COUNTS.example(test)
+
+        check()
+        assert sum(s.rejected for s in stubs.values()) == sum(s.received for s in stubs.values()) == COUNTS[test]
+        # The stubs serve on: the host's tasks run through them, bit-exact, none recomputed.
+        reference = make_session(str(manifest.reference_model()), 1)
+        inputs = [random_inputs(manifest, seed) for seed in range(3)]
+        with HostSession(bundle, timeout_s=30) as session:
+            session.connect()
+            results = list(session.stream(inputs, in_flight=2))
+        for result, arrays in zip(results, inputs):
+            assert not result.unsplit and not result.fallback, result.fallback
+            for name, array in zip(manifest.outputs, reference.run(manifest.outputs, arrays)):
+                assert result.outputs[name].tobytes() == array.tobytes()
+        assert all(t.is_alive() for t in threads) and sum(s.served for s in stubs.values()) == 3 * len(stubs)
+        assert sum(s.rejected for s in stubs.values()) == COUNTS[test]  # the host's own messages pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        for push in pushes.values():
+            push.close()
+        for stub in stubs.values():
+            stub.close()
+        context.destroy(linger=0)
+        logging.getLogger("halpc_stub").removeHandler(handler)
+    COUNTS.report(test, examples=examples, cases=examples)

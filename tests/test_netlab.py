@@ -13,8 +13,9 @@ from halpc.measure import netlab
 from halpc.errors import HalpcError
 
 _REASON = netlab.available()
-if _REASON:
-    pytest.skip(f"network namespaces unavailable: {_REASON}", allow_module_level=True)
+# Each test skips (not the module at collection), so that conftest.py can fail the skip as root.
+pytestmark = pytest.mark.skipif(bool(_REASON), reason=f"no emulated cluster here: network namespaces unavailable: "
+                                                      f"{_REASON}")
 
 # A TCP server that prints its port and then only listens (the kernel completes handshakes).
 _LISTENER = "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',0)); s.listen(8); print(s.getsockname()[1], flush=True); time.sleep(600)"
@@ -135,7 +136,7 @@ _SPIN = ("import time, resource; end = time.time() + 1.0\n"
 def test_a_cpu_share_slows_a_device_and_is_removed_after():
     why = netlab.cpu_limits_available()
     if why:
-        pytest.skip(why)
+        pytest.skip(f"no emulated cluster with CPU limits here: {why}")
     with netlab.NetLab({"dev-1": 100}, cpu={"dev-1": 0.25, "host": 0.5}) as lab:
         proc = lab.popen("dev-1", [sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
         cpu_seconds = float(proc.communicate(timeout=30)[0])

@@ -23,6 +23,9 @@ def _weight(name: str, shape) -> onnx.TensorProto:
 
 
 def _model(nodes, inits, in_shape, out_name="y", opset=17) -> onnx.ModelProto:
+    """The layers, then a pooled head; the last layer's spatial output is a graph output too, so
+    that verify compares it whole: the pooled output alone would not see strips swapped or
+    shifted (a mean over the rows is the same in any row order)."""
     head = [
         helper.make_node("GlobalAveragePool", [nodes[-1].output[0]], ["gap"]),
         helper.make_node("Flatten", ["gap"], [out_name]),
@@ -31,7 +34,8 @@ def _model(nodes, inits, in_shape, out_name="y", opset=17) -> onnx.ModelProto:
         nodes + head,
         "case",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None),
+         helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -180,7 +184,16 @@ def _check(model: onnx.ModelProto, tmp_path) -> None:
     trunk = trunk_of(path)
     # Everything but the classifier head must be split, or the case tests nothing.
     assert sorted(n.op_type for n in trunk.tail) == ["Flatten", "GlobalAveragePool"]
-    assert_exact(compile_and_verify(path, tmp_path / "even", 3, seeds=2))
+    exit_ = model.graph.output[1].name  # the trunk's last tensor, compared row for row
+    assert exit_ in trunk.tensors and trunk.tensors[exit_].rows > 3
+
+    def exact(checks: list) -> None:
+        assert_exact(checks)
+        assert {c.name for c in checks} == {"y", exit_}, checks
+        info = trunk.tensors[exit_]
+        assert all(c.shape[info.row_axis] == info.rows for c in checks if c.name == exit_), checks
+
+    exact(compile_and_verify(path, tmp_path / "even", 3, seeds=2))
     for seed in range(3):
         plan = random_plan(trunk, ["host", "dev-1", "dev-2"], seed)
-        assert_exact(compile_and_verify(path, tmp_path / f"p{seed}", 3, plan=plan, seeds=2))
+        exact(compile_and_verify(path, tmp_path / f"p{seed}", 3, plan=plan, seeds=2))

@@ -18,7 +18,7 @@ import models  # examples/models.py (conftest puts examples/ on sys.path)
 from bundles import save, trunk_of
 from halpc.inputs.cluster import load_cluster
 from halpc.errors import HalpcError, UsageError
-from halpc.planner.context import device_speeds
+from halpc.planner.context import DeviceCosts, context, device_costs, device_speeds
 from halpc.inputs.profile_file import SCHEMA, load_profile, write_profile
 from halpc.cli.options import parse_heights
 from halpc.measure.profiler import ALL, check_writable, fit_line, profile_device
@@ -224,6 +224,7 @@ def test_missing_profile_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("name", ESTIMATES)
 def test_example_estimates(name, tmp_path):
+    """An estimate (no layers) named by its absolute path: the cluster takes its GMAC/s."""
     profile = load_profile(PROFILES / name)
     assert profile["measured"] is False and profile["layers"] == {}
     assert "ESTIMATE" in profile["estimate_note"]
@@ -232,25 +233,30 @@ def test_example_estimates(name, tmp_path):
     assert device_speeds(cluster)["dev-1"] == profile["gmacs"]
 
 
-def test_example_measured_here():
-    profile = load_profile(PROFILES / "this_machine.json")
-    assert profile["measured"] is True and profile["layers"]
-    assert all(e["per_row_ms"] >= 0 and e["fixed_ms"] >= 0 for e in profile["layers"].values())
+# (The committed examples/profiles/this_machine.json is checked in test_example_models.py, with
+# the other example files: it is data a user copies, not code.)
 
 
-# -- the command, once it is wired into halpc.cli --------------------------------------------------
+def test_measured_profile_drives_the_cost_model(measured, trunk, tmp_path):
+    """What `profile_device` measured, written and named by a cluster file, is what the planner
+    costs the device with: its GMAC/s and the fixed costs of a run, of a message and of reading
+    weights; a device without a profile has only its GMAC/s."""
+    write_profile(measured, tmp_path / "p.json")
+    cluster = load_cluster(cluster_file(tmp_path, "p.json"))
+    costs = device_costs(cluster)
+    dev = costs["dev-1"]
+    assert dev.gmacs == measured["gmacs"]
+    assert dev.run_overhead_s == pytest.approx(measured["per_run_overhead_ms"] / 1e3)
+    assert dev.message_overhead_s == pytest.approx(measured["per_message_overhead_ms"] / 1e3)
+    assert dev.weight_gbps == measured["weight_gbps"]
+    assert costs["host"] == costs["dev-2"] == DeviceCosts(8.0)
+    planning = context(trunk, cluster)
+    assert planning.speeds == {"host": 8.0, "dev-1": measured["gmacs"], "dev-2": 8.0}
+    assert planning.overheads == {"dev-1": dev.run_overhead_s}
+    assert planning.message_overheads == {"dev-1": dev.message_overhead_s}
 
 
-def _has_command() -> bool:
-    import click
-
-    import halpc.cli
-
-    groups = [g for g in vars(halpc.cli).values() if isinstance(g, click.Group)]
-    return any("profile" in g.commands for g in groups)
-
-
-needs_cli = pytest.mark.skipif(not _has_command(), reason="`halpc profile` not in halpc.cli yet")
+# -- the command ------------------------------------------------------------------------------------
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess:
@@ -258,16 +264,20 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@needs_cli
 def test_cli_profile(trunk, tmp_path):
     out = tmp_path / "dev.json"
     proc = run_cli("profile", trunk.model.path, "-o", out, "--heights", "1,all", "--repeat", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "GMAC/s" in proc.stdout and "conv13" in proc.stdout
-    assert load_profile(out)["settings"] == {"heights": [1, "all"], "repeat": 1}
+    assert "GMAC/s" in proc.stdout and "conv13" in proc.stdout and f"wrote {out}" in proc.stdout
+    profile = load_profile(out)
+    assert profile["settings"] == {"heights": [1, "all"], "repeat": 1}
+    assert profile["measured"] is True and profile["threads"] == 1 and profile["gmacs"] > 0
+    assert profile["model"]["sha256"] == trunk.model.sha256
+    windowed = [layer.name for layer in trunk.layers if layer.window is not None]
+    assert list(profile["layers"]) == windowed
+    assert all(len(e["samples"]) == len({1, e["rows"]}) for e in profile["layers"].values())
 
 
-@needs_cli
 @pytest.mark.parametrize("args, codes, word", [
     (("--heights", "1,zero"), (2,), "--heights"),
     (("--repeat", "0"), (2,), "--repeat"),

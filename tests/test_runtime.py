@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,14 +20,15 @@ import pytest
 import zmq
 
 import models  # examples/models.py
-from bundles import free_ports, local_cluster, save
+from bundles import assert_exact, free_ports, local_cluster, save
 from halpc.measure import netlab
 from halpc.compile import compile_bundle
-from halpc.host.run import local_popen, run, spawn_stubs
+from halpc.host.run import RunSummary, local_popen, run, spawn_stubs
+from halpc.planner.cost import Prediction
 from halpc.planner.names import STRATEGIES
-from halpc.host.verify import random_inputs
+from halpc.host.verify import OutputCheck, random_inputs
 from halpc_stub import keys, wire
-from halpc_stub.host import RunError
+from halpc_stub.host import RunError, TaskResult
 from halpc_stub.manifest import load_manifest
 
 # Slow, far devices would make dpfp/halp keep everything on the host; these make every
@@ -50,11 +53,50 @@ def run_exact(bundle: Path, tasks: int, in_flight: int = 2, spawn=local_popen):
     assert [r.task for r in summary.results] == list(range(first, first + tasks))
     assert len(summary.checks) == tasks * len(manifest.outputs)
     assert summary.exact, [c for c in summary.checks if not c.exact]
+    # Exact outputs alone prove little: after a fault the host recomputes a task with the
+    # unsplit model, which is exact too. Every task must have run its plan on its devices.
+    fell_back = [(r.task, r.plan, r.fallback, r.unsplit) for r in summary.results if r.fallback or r.unsplit]
+    assert not fell_back and not summary.faults, (fell_back, summary.faults)
+    assert_devices_computed(manifest, summary)
     return manifest, summary
+
+
+def assert_devices_computed(manifest, summary) -> None:
+    """Each task's measured timeline has one compute event for every model run in every device's
+    program of the task's plan, on that device: the workers really ran their strips."""
+    for r in summary.results:
+        plan = manifest.plan(r.plan)
+        expected = sorted((d.name, step["model"]) for d in plan.devices for step in plan.program(d.name)
+                          if step["op"] in ("run", "tail"))
+        got = sorted((e["device"], e["label"]) for e in r.events if e["kind"] == "compute")
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        assert got == expected, f"task {r.task} ({r.plan}): not computed {missing[:4]} (of {len(missing)}), " \
+                                f"computed beyond the plan {extra[:4]} (of {len(extra)})"
+
+
+def workers_computed(summary) -> set[str]:
+    """The devices other than the host that computed in every task, from the measured timelines."""
+    per_task = [{e["device"] for e in r.events if e["kind"] == "compute"} - {"host"} for r in summary.results]
+    return set.intersection(*per_task)
 
 
 def workers_used(manifest) -> int:
     return sum(1 for d in manifest.devices if not d.host and manifest.program(d.name))
+
+
+def test_nothing_checked_is_not_exact() -> None:
+    """`RunSummary.exact` and the tests' `assert_exact`: an empty list of checks is no proof."""
+    summary = RunSummary([TaskResult(0, {}, 0.0, 1.0)], Prediction(1.0, 1.0), 0.0, 1.0)
+    assert summary.exact is False and summary.to_json()["exact"] is None  # run without --check
+    summary.checks = [OutputCheck("task 0", "y", (1, 10), True, 0.0)]
+    assert summary.exact is True and summary.to_json()["exact"] is True
+    summary.checks.append(OutputCheck("task 0", "z", (1, 10), False, 0.5))
+    assert summary.exact is False and summary.to_json()["exact"] is False
+    with pytest.raises(AssertionError, match="no outputs were checked"):
+        assert_exact([])
+    with pytest.raises(AssertionError, match="not bit-exact"):
+        assert_exact(summary.checks)
+    assert_exact(summary.checks[:1])
 
 
 @pytest.mark.parametrize("strategy", ["halp", "modnn"])
@@ -85,7 +127,10 @@ PLANNED = [s for s in STRATEGIES if s != "exhaustive"]
 @pytest.mark.parametrize("name,size", [("vgg16", 96), ("mobilenet_v1_100", 96), ("resnet18", 96)])
 @pytest.mark.parametrize("strategy", PLANNED)
 def test_every_strategy_and_model_on_loopback(name: str, size: int, strategy: str, tmp_path: Path) -> None:
-    manifest, _ = run_exact(compile_local(tmp_path, name, size, strategy), tasks=20, in_flight=2)
+    manifest, summary = run_exact(compile_local(tmp_path, name, size, strategy), tasks=20, in_flight=2)
+    # The run itself, not only the manifest: both workers computed in every one of the 20 tasks
+    # (none fell back to the host: run_exact), or, for local, the host alone did.
+    assert workers_computed(summary) == (set() if strategy == "local" else {"dev-1", "dev-2"})
     assert workers_used(manifest) == (0 if strategy == "local" else 2)
 
 
@@ -113,8 +158,69 @@ def test_text_report_shows_speedup_and_timeline(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "1/1 bit-exact to the unsplit model" in proc.stdout
-    assert "speedup" not in proc.stdout or "x" in proc.stdout
+    assert re.search(r"^ +0 +\d+\.\d +yes$", proc.stdout, re.M), proc.stdout  # task 0's row: exact
+    # The speedup over the unsplit model, measured beside the run.
+    speedup = re.search(r"^unsplit +\d+\.\d ms on the host \(1 thread\(s\)\): latency (\d+\.\d\d)x, "
+                        r"throughput (\d+\.\d\d)x faster split$", proc.stdout, re.M)
+    assert speedup and float(speedup[1]) > 0 and float(speedup[2]) > 0, proc.stdout
     assert "latency" in proc.stdout and "dev-2 |" in proc.stdout
+
+
+def python_without_halpc(folder: Path) -> Path:
+    """A board's Python: numpy, onnxruntime and pyzmq, and no halpc. This venv's interpreter with
+    -S (no site-packages, so no .pth file of halpc's editable install) and on its path only the
+    folders those three packages are in (launch.sh puts the device folder first)."""
+    import onnxruntime
+
+    dirs = sorted({str(Path(m.__file__).resolve().parent.parent) for m in (np, onnxruntime, zmq)})
+    script = folder / "python-without-halpc"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{os.pathsep.join(dirs)}" '
+                      f'exec "{sys.executable}" -S "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_shipped_stub_serves_where_halpc_is_not_installed(tmp_path: Path) -> None:
+    """Each worker's folder, copied alone to a fresh place, runs its launch.sh under a Python that
+    cannot import halpc (as on a board): `--check` passes, and the stubs serve the host's tasks
+    bit-exact with the halpc_stub/ the folder carries."""
+    bundle = compile_local(tmp_path, "vgg16", 32, "even")
+    manifest = load_manifest(bundle)
+    python = python_without_halpc(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HALPC_PYTHON": str(python)}
+    boards = {}
+    for device in manifest.workers:
+        boards[device] = shutil.copytree(bundle / device, tmp_path / "boards" / device / device)  # keeps key modes
+    board = boards["dev-1"]
+    # The precondition: on that Python, halpc is missing and halpc_stub is the folder's own.
+    probe = subprocess.run([python, "-c", "import halpc_stub; print(halpc_stub.__file__); import halpc"],
+                           env={**env, "PYTHONPATH": str(board)}, cwd=board.parent, capture_output=True, text=True)
+    assert probe.stdout.strip() == str(board / "halpc_stub" / "__init__.py"), probe
+    assert "No module named 'halpc'" in probe.stderr, probe.stderr
+    for device, folder in boards.items():
+        check = subprocess.run([folder / "launch.sh", "--check"], env=env, cwd=folder.parent, capture_output=True,
+                               text=True, timeout=60)
+        assert check.returncode == 0 and "Traceback" not in check.stderr, check.stderr
+    logs = {device: (tmp_path / f"{device}.log").open("w+") for device in boards}
+    procs = {device: subprocess.Popen([folder / "launch.sh"], env=env, cwd=folder.parent, stdout=logs[device],
+                                      stderr=subprocess.STDOUT) for device, folder in boards.items()}
+    try:
+        run_exact(bundle, tasks=3, spawn=None)  # every task on its plan, the workers' strips computed
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for device, log in logs.items():
+        log.seek(0)
+        text = log.read()
+        log.close()
+        assert procs[device].returncode == 0 and "Traceback" not in text, text
+        assert f"{device}: stopped after 4 tasks, 0 messages rejected" in text, text  # a warm-up task and 3
 
 
 def test_no_stub_running_is_one_line_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import models  # examples/models.py
-from bundles import save, trunk_of
+from bundles import assert_exact, save, trunk_of
 from halpc.inputs.cluster import Cluster, load_cluster, parse_cluster
 from halpc.compile import compile_bundle
 from halpc.errors import HalpcError
@@ -140,7 +140,7 @@ def test_one_bundle_serves_every_source_bit_exact(two_sources: Path, tmp_path: P
     assert (out / "edge-1" / "halpc_stub" / "serve.py").exists() and not (out / "cam-1" / "halpc_stub").exists()
     # Each source's plans, planned alone with halp (what each would do ignoring the other).
     compile_bundle(None, two_sources, tmp_path / "halp", "halp", insecure=True)
-    assert all(c.exact for c in verify(tmp_path / "halp"))
+    assert_exact(verify(tmp_path / "halp"))
 
 
 def test_cli_errors_for_sources_are_one_line(two_sources: Path, tmp_path: Path) -> None:

@@ -146,7 +146,9 @@ class RunSummary:
 
     @property
     def exact(self) -> bool:
-        return all(c.exact for c in self.checks)
+        """Every output checked is bit-exact, and there were checks: a run without `check` (or
+        one that compared nothing) is not exact."""
+        return bool(self.checks) and all(c.exact for c in self.checks)
 
     def median_task(self) -> int:
         """The task whose latency is the median one (the lower middle of an even count)."""
