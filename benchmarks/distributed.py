@@ -51,7 +51,7 @@ from halpc.measure.profiler import profile_device  # noqa: E402
 from halpc.planner.predict import predict_bundle  # noqa: E402
 from halpc.host.run import spawn_stubs  # noqa: E402
 from halpc.analyse.trunk import analyse  # noqa: E402
-from halpc_stub import wire  # noqa: E402
+from halpc_stub import clock, wire  # noqa: E402
 from halpc_stub.host import HostSession  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402
@@ -116,7 +116,7 @@ def ping_overhead_ms(bundle: Path, lab, rounds: int = 200) -> float:
             node.pongs.clear()
             at = time.perf_counter()
             node.send("dev-1", wire.encode({"kind": "ping", "from": "host", "session": node.session_id,
-                                            "t": time.time()}))
+                                            "t": clock.now()}))
             while "dev-1" not in node.pongs:
                 if not node.receive(timeout_ms=5000):
                     raise RuntimeError("dev-1 stopped answering pings")

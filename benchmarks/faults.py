@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
 from halpc.host.run import spawn_stubs  # noqa: E402
 from halpc.host.verify import random_inputs  # noqa: E402
+from halpc_stub import clock
 from halpc_stub.host import HostSession  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
 from halpc_stub.session import make_session  # noqa: E402
@@ -75,7 +75,7 @@ class Injector:
         return not self.todo and self.state == "healthy" and self.healthy >= HEALTHY_BEFORE
 
     def after(self, result) -> None:
-        now = time.time()
+        now = clock.now()
         as_planned = not result.fallback
         self.healthy = self.healthy + 1 if as_planned else 0
         if self.state == "healthy" and self.todo and self.healthy >= HEALTHY_BEFORE:
@@ -83,7 +83,7 @@ class Injector:
             self.row = {"fault": kind, "device": device, "faults_before": len(self.host.faults),
                         "recomputed": 0}
             self._inject(kind, device)
-            self.row["injected"] = time.time()
+            self.row["injected"] = clock.now()
             self.state = "faulty"
         elif self.state == "faulty":
             self.row["recomputed"] += result.unsplit
@@ -93,7 +93,7 @@ class Injector:
                                 waited_for=fault.device)
             if "noticed" in self.row and now - self.row["noticed"] > REPAIR_AFTER_S:
                 self._repair(self.row["fault"], self.row["device"])
-                self.row["repaired"] = time.time()
+                self.row["repaired"] = clock.now()
                 self.state = "repairing"
         elif self.state == "repairing":
             self.row["recomputed"] += result.unsplit
@@ -148,13 +148,13 @@ def main() -> int:
                         return
                     yield pool[i % len(pool)]
 
-            numbers, exact, started = [], 0, time.time()
+            numbers, exact, started = [], 0, clock.now()
             for result in host.stream(frames(), in_flight=2):
                 numbers.append(result.task)
                 want = expected[(result.task - numbers[0]) % len(pool)]
                 exact += all(np.array_equal(result.outputs[n], w) for n, w in zip(manifest.outputs, want))
                 inject.after(result)
-            seconds = time.time() - started
+            seconds = clock.now() - started
     print(f"{args.model} {args.size}x{args.size}, even strips on host + 2 stubs (200 Mbit/s links), "
           f"2 tasks in flight; default plan predicted {predicted_s * 1e3:.0f} ms"
           + (", fallback plans" if args.fallback_plans else ""))

@@ -282,7 +282,7 @@ def run_load(
         seen: collections.Counter[int] = collections.Counter()
         t0 = time.perf_counter()
         sample(0, t0)
-        started = time.time()
+        started = time.monotonic()
         last = time.perf_counter()
         expect = base
         try:
@@ -309,7 +309,7 @@ def run_load(
                         + ", ".join(f"{n} {kb / 1024:.1f} MB" for n, kb in result.samples[-1].rss_kb.items()))
         except Exception as exc:  # a stall (RunError) or a dead stub: report what came before
             result.problems.append(f"the stream stopped after {result.received} results: {exc}")
-        result.seconds = time.time() - started
+        result.seconds = time.monotonic() - started
         # A healthy cluster: a task given up here waited past its bound for no fault (a stall
         # of the machine); its output is still exact (recomputed on the host).
         result.faults = [f"task {f.task - base} waited {f.waited_s * 1e3:.0f} ms for {f.device} "

@@ -30,6 +30,7 @@ from halpc.measure.profiler import median_run_seconds
 from halpc.host.run import local_popen, run, spawn_stubs
 from halpc.whatif.bandwidth_trace import load_trace
 from halpc.host.verify import random_inputs, verify
+from halpc_stub import clock
 from halpc_stub.host import HostSession
 from halpc_stub.manifest import load_manifest
 from halpc_stub.session import make_session
@@ -128,8 +129,8 @@ def test_a_probe_measures_the_link_rate(tmp_path: Path) -> None:
                 found = []
                 for _ in range(3):
                     host.probe("dev-1")
-                    deadline = time.time() + 5
-                    while not (got := host.take_probes()) and time.time() < deadline:
+                    deadline = clock.now() + 5
+                    while not (got := host.take_probes()) and clock.now() < deadline:
                         time.sleep(0.01)
                     found += [rate for _, rate in got]
                 assert len(found) == 3 and 0.8 * mbps < statistics.median(found) < 1.1 * mbps, (mbps, found)

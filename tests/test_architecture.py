@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from halpc.present.tables import run_table
 from halpc.host.run import RunSummary
 from halpc.host.run import spawn_stubs
 from halpc.host.verify import random_inputs
-from halpc_stub import wire
+from halpc_stub import clock, wire
 from halpc_stub.host import HostSession, TaskResult
 from halpc_stub.manifest import load_manifest
 from halpc_stub.serve import StubNode
@@ -95,12 +94,12 @@ def test_stub_killed_mid_task_then_restarted(spares: bool, tmp_path: Path) -> No
     with spawn_stubs(bundle, load_manifest(bundle)) as stubs, HostSession(bundle) as host:
         def kill() -> None:  # task 11 is in flight (two at a time): killed mid-task
             stubs.procs["dev-1"].kill()
-            killed.append(time.time())
+            killed.append(clock.now())
 
         def restart() -> None:
             stubs.procs["dev-1"].wait()
             stubs.start("dev-1")
-            restarted.append(time.time())
+            restarted.append(clock.now())
 
         results = stream.run(host, {10: kill, 30: restart}, back_for(10, restarted))
         log = stubs.log("dev-2")
@@ -139,7 +138,7 @@ def test_hung_stub_is_given_up_and_its_late_rows_dropped(tmp_path: Path) -> None
 
         def resume() -> None:
             os.kill(pid, signal.SIGCONT)
-            resumed.append(time.time())
+            resumed.append(clock.now())
 
         results = stream.run(host, {8: lambda: os.kill(pid, signal.SIGSTOP), 20: resume}, back_for(10, resumed))
         log = stubs.log("dev-2")
@@ -189,15 +188,15 @@ def test_a_device_back_with_another_plan_stays_down_and_says_why(tmp_path: Path,
     says so once, not at every ping."""
     bundle = compile_three(tmp_path)
     with HostSession(bundle, bind=f"tcp://127.0.0.1:{free_ports(1)[0]}") as host:
-        since = time.time()
+        since = clock.now()
         host.down["dev-1"] = since
         for k in range(3):  # three answers with another plan
-            host.node.pongs["dev-1"] = {"plan": "0" * 64, "received": since + k + 1}
+            host.node.pongs["dev-1"] = {"bundle": "0" * 64, "received": since + k + 1}
             host._readmit(since + k + 1)
         assert "dev-1" in host.down
         said = [r.getMessage() for r in caplog.records if "runs plan 000000000000" in r.getMessage()]
         assert len(said) == 1 and "stays down until it serves this bundle" in said[0], said
-        host.node.pongs["dev-1"] = {"plan": host.node.plan, "received": since + 9}
+        host.node.pongs["dev-1"] = {"bundle": host.node.bundle_checksum, "received": since + 9}
         host._readmit(since + 9)
         assert "dev-1" not in host.down
 
@@ -212,11 +211,11 @@ def test_link_cut_is_noticed_within_the_bound_and_restored(tmp_path: Path) -> No
         with spawn_stubs(bundle, load_manifest(bundle), lab.popen), HostSession(bundle) as host:
             def cut_link() -> None:
                 lab.cut("dev-1")
-                cut.append(time.time())
+                cut.append(clock.now())
 
             def restore() -> None:
                 lab.restore("dev-1")
-                restored.append(time.time())
+                restored.append(clock.now())
 
             results = stream.run(host, {10: cut_link, 40: restore}, back_for(10, restored))
     fault = host.faults[0]

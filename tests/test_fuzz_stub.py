@@ -42,7 +42,7 @@ from fuzzing import FUZZ, Cases
 from bundles import free_ports, local_cluster, save
 from halpc.compile import Variant, compile_bundle
 from halpc.host.verify import random_inputs
-from halpc_stub import keys, wire
+from halpc_stub import clock, keys, wire
 from halpc_stub.executor import host_store, run_program
 from halpc_stub.host import HostSession, TaskResult
 from halpc_stub.host_node import HostNode
@@ -280,7 +280,7 @@ def run_valid_task(w: World, plan: PlanRef | None = None, seed: int = 0) -> None
     assert outcomes == [None] * len(order), outcomes
     assert (session, task) in w.node.finished and (session, task) not in w.node.tasks
     assert_exact(rows_sent(w.sent, session, task), plan.outbound)
-    traces = [h for to, h, _ in w.sent if h["kind"] == "trace" and h["session"] == session]
+    traces = [h for to, h, _ in w.sent if h["kind"] == "timeline" and h["session"] == session]
     assert len(traces) == 1 and traces[0]["task"] == task and w.sent[-1][0] == w.manifest.host.name
 
 
@@ -302,7 +302,7 @@ HOSTILE = [
     None, True, False, 0, 1, 2, -1, -(2 ** 63), 2 ** 31, 2 ** 63, 2 ** 64, 10 ** 300, -(10 ** 300), 0.0, -0.0, 1.5,
     1.0, 1e308, float("nan"), float("inf"), float("-inf"), "", " ", "0", "1", "a", "\n", "a\nb", "\r", "\x00",
     "\ud800", "\udfff", "\u00e9\u6f22\U0001f600", "\u202e", "x" * 65, "x" * 64, "x" * 10_000, "NaN", "null",
-    "rows", "ping", "probe", "cancel", "trace", "host", "dev-1", "dev-2", "HOST", "dev-1 ", "float32", "float64",
+    "rows", "ping", "probe", "cancel", "timeline", "host", "dev-1", "dev-2", "HOST", "dev-1 ", "float32", "float64",
     "float16", "int64", "uint8", "bool", "object", "<f4", "r1", "r3", "input", "p1", "default",
     [], [0], [1, 2], [0, 1], [7, 8], [8, 7], [-1, 5], [1, 2, 3], ["a", "b"], [True, False], [1.0, 2.0], [[1, 2]],
     [None, None], [2 ** 63, 2 ** 63 + 1], [1, 8, 12, 24], [1, 8, 1, 24], [0, 0, 0, 0], [-1, 8, 1, 24], {},
@@ -336,15 +336,15 @@ def base_message(w: World, data, kind: str) -> tuple[dict[str, Any], list[bytes]
                  "seq": data.draw(st.integers(0, 3), "seq"), "part": data.draw(st.sampled_from([0, 1]), "part")},
                 [bytes(size)])
     if kind == "ping":
-        return {"v": 1, "kind": "ping", "from": host, "session": session, "t": time.time()}, []
+        return {"v": 1, "kind": "ping", "from": host, "session": session, "t": clock.now()}, []
     if kind == "cancel":
         return {"v": 1, "kind": "cancel", "from": host, "session": session, "task": data.draw(TASKS, "task")}, []
     sender = data.draw(st.sampled_from(devices), "sender")
     if kind == "pong":
-        return ({"v": 1, "kind": "pong", "from": sender, "session": session, "plan": w.node.plan,
-                 "onnxruntime": "1", "t": time.time(), "echo": 1.0}, [])
-    if kind == "trace":
-        return ({"v": 1, "kind": "trace", "from": sender, "session": session, "task": data.draw(TASKS, "task"),
+        return ({"v": 1, "kind": "pong", "from": sender, "session": session, "bundle": w.node.bundle_checksum,
+                 "onnxruntime": "1", "t": clock.now(), "echo": 1.0}, [])
+    if kind == "timeline":
+        return ({"v": 1, "kind": "timeline", "from": sender, "session": session, "task": data.draw(TASKS, "task"),
                  "events": data.draw(st.one_of(
                      st.just([["compute", 1.0, 2.0, "x.onnx", None, 0], ["send", 1.0, 2.0, "r1 rows 0..1", "host", 4]]),
                      st.lists(st.lists(json_values, min_size=6, max_size=6), max_size=3)), "events")},
@@ -419,7 +419,7 @@ def test_every_field_with_line_breaks_and_odd_types(world):
         COUNTS.example("odd fields")
 
     check()
-    world.host.traces.clear()
+    world.host.timelines.clear()
     world.host.probed.clear()
     run_valid_task(world)
     # Every example sets each of at least the FIELDS in turn to each odd value, on both nodes.
@@ -604,7 +604,7 @@ def test_out_of_order_sequences(world):
                 if state["end"] is None and len(state["got"]) == messages:
                     state["end"] = "done"
             check_bounds(w)
-        traces = {h["task"] for to, h, _ in w.sent if h["kind"] == "trace" and h["session"] == session}
+        traces = {h["task"] for to, h, _ in w.sent if h["kind"] == "timeline" and h["session"] == session}
         assert traces == {t for t, s in tasks.items() if s["end"] == "done"}
         for t, state in tasks.items():
             live = (session, t) in w.node.tasks
@@ -634,7 +634,7 @@ def test_host_node_messages(world):
     with fields mutated; accepted traces must merge into a result without error."""
     w = world
     host = w.host
-    session = HostSession.__new__(HostSession)  # only what `_merge_traces` reads
+    session = HostSession.__new__(HostSession)  # only what `_merge_timelines` reads
     session.node, session.workers = host, w.manifest.workers
     session.offsets = {d: 0.0 for d in session.workers}
     default = w.manifest.plans[0]
@@ -654,16 +654,16 @@ def test_host_node_messages(world):
         assert len(host.tasks) == 0 and len(host.pongs) <= len(w.manifest.devices)
         # What `stream` does with a task's traces: once every device's came, merge them into the
         # task's result (the other devices' traces are valid ones).
-        for task in {t for t, _ in host.traces}:
+        for task in {t for t, _ in host.timelines}:
             for device in devices:
-                if (task, device) not in host.traces:
-                    deliver(host, [wire.encode({"kind": "trace", "from": device, "session": host.session_id,
+                if (task, device) not in host.timelines:
+                    deliver(host, [wire.encode({"kind": "timeline", "from": device, "session": host.session_id,
                                                 "task": task, "events": [["compute", 1.0, 2.0, "m", None, 0]]})])
             result = TaskResult(task, {}, 0.0, 1.0, default.id, [])
-            assert session._merge_traces([result]) == []
-            assert all((task, d) not in host.traces for d in devices)
+            assert session._merge_timelines([result]) == []
+            assert all((task, d) not in host.timelines for d in devices)
             assert all(isinstance(e["start"], (int, float)) for e in result.events)
-        assert not host.traces
+        assert not host.timelines
         # ... and with probe answers.
         for device, mbps in session.take_probes():
             assert device in w.manifest.workers and not mbps < 0  # NaN: says nothing
@@ -730,8 +730,8 @@ def test_flood_over_a_socket_then_exact_tasks(world, tmp_path):
                 push.send_multipart(frames)
                 sent += 1
             push.close()
-        deadline = time.time() + 30
-        while sum(s.received for s in stubs) < sent and time.time() < deadline:
+        deadline = clock.now() + 30
+        while sum(s.received for s in stubs) < sent and clock.now() < deadline:
             time.sleep(0.01)
         COUNTS["socket flood"] += sent
         # (more when a junk message that fits started a task whose rows went to the other stub)
@@ -815,15 +815,15 @@ def test_forged_senders_over_curve_are_rejected(tmp_path):
         header: dict[str, Any] = {"kind": kind, "from": claimed, "session": session}
         extra: list[bytes] = []
         if kind == "ping":
-            header["t"] = time.time()
+            header["t"] = clock.now()
         elif kind == "probe":
             header.update(seq=data.draw(st.integers(0, 3), "seq"), part=data.draw(st.sampled_from([0, 1]), "part"))
             extra = [bytes(1000)]
         elif kind == "cancel":
             header["task"] = task
         elif kind == "pong":
-            header.update(plan=stubs[target].plan, onnxruntime="1", t=time.time(), echo=1.0)
-        elif kind == "trace":
+            header.update(bundle=stubs[target].bundle_checksum, onnxruntime="1", t=clock.now(), echo=1.0)
+        elif kind == "timeline":
             header.update(task=task, events=[["compute", 1.0, 2.0, "x.onnx", None, 0]])
         else:
             assert kind == "probed"
@@ -831,8 +831,8 @@ def test_forged_senders_over_curve_are_rejected(tmp_path):
         return [wire.encode(header), *extra]
 
     def wait(until, seconds: float = 10.0) -> bool:
-        deadline = time.time() + seconds
-        while not until() and time.time() < deadline:
+        deadline = clock.now() + seconds
+        while not until() and clock.now() < deadline:
             time.sleep(0.001)
         return until()
 

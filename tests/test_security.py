@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from bundles import free_ports, local_cluster, save
 from halpc.compile import compile_bundle
 from halpc.host.run import run, spawn_stubs
 from halpc.host.verify import random_inputs
-from halpc_stub import keys, wire
+from halpc_stub import clock, keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.host import HostSession, RunError
 from halpc_stub.manifest import load_manifest
@@ -131,8 +130,8 @@ def push_to(bundle: Path, node: StubNode, frames: list, key: keys.DeviceKeys | t
     monitor = push.get_monitor_socket()
     push.connect("tcp://" + load_manifest(bundle).device("dev-1").address)
     push.send_multipart(frames)
-    deadline = time.time() + 1.0
-    while time.time() < deadline:
+    deadline = clock.now() + 1.0
+    while clock.now() < deadline:
         node.receive(timeout_ms=50)
     events = set()
     while monitor.poll(0):

@@ -234,7 +234,7 @@ def test_sources_take_turns(bundle: Path) -> None:
         one_round([("cam-1", n) for n in range(6)] + [("cam-2", 0)])
         assert order[:3] == [("cam-1", 0), ("cam-2", 0), ("cam-1", 1)]
         assert [n for source, n in order if source == "cam-1"] == list(range(6)) and not node.tasks
-        traces = [(to, h["source"], h["task"]) for to, h in stub.sent if h["kind"] == "trace"]
+        traces = [(to, h["source"], h["task"]) for to, h in stub.sent if h["kind"] == "timeline"]
         assert [(to, n) for to, _, n in traces] == order and all(to == source for to, source, _ in traces)
         assert node.served_by == {"cam-1": 6, "cam-2": 1} and node.served_line() == "7 tasks (cam-1: 6, cam-2: 1)"
         # cam-1 was served last: next time, cam-2 goes first.

@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 
+import onnxruntime
+
 from halpc_stub import keys
 from halpc_stub.errors import BundleError
 from halpc_stub.manifest import load_manifest
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(args.bundle)
         device = manifest.device(args.device)
         manifest.check_files(device.name)
+        if manifest.data["onnxruntime"] != onnxruntime.__version__:
+            wanted = manifest.data["onnxruntime"]
+            raise BundleError(f"{device.name}: the bundle was compiled for onnxruntime {wanted!r}, this device has "
+                              f"{onnxruntime.__version__!r}; outputs are bit-exact only with that build: "
+                              f"pip install 'onnxruntime=={wanted}'")
         if keys.load(manifest, device.name, args.key) is None:
             print(f"halpc-stub: {device.name}: {keys.INSECURE_WARNING}", file=sys.stderr, flush=True)
         sessions = load_sessions(manifest, device.name)
@@ -44,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         node = StubNode(manifest, device.name, sessions.__getitem__, args.bind, args.key)
     except BundleError as exc:
-        print(f"halpc-stub: error: {exc}", file=sys.stderr)
+        print("halpc-stub: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return exc.exit_code
     stop = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.append(True))
     hosts = f", serving {', '.join(node.hosts)}" if len(node.hosts) > 1 else ""
-    print(f"halpc-stub: {device.name}: listening on {node.endpoint}, plan {node.plan[:12]}{hosts}", flush=True)
+    print(f"halpc-stub: {device.name}: listening on {node.endpoint}, plan {node.bundle_checksum[:12]}{hosts}", flush=True)
     try:
         node.serve(lambda: bool(stop))
     finally:

@@ -6,18 +6,18 @@ device of a bundle (`halpc verify`) or several tasks of one device (`halpc-stub`
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any, Callable, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
+from halpc_stub.clock import now as clock_now
 from halpc_stub.store import RowStore, TensorSpec
 
-# trace(kind, start, end, label, peer, nbytes): kind is "compute", "send" or "wait" (blocked in
+# record(kind, start, end, label, peer, nbytes): kind is "compute", "send" or "wait" (blocked in
 # a recv); nbytes is what a send sent.
-Trace = Callable[[str, float, float, str, "str | None", int], None]
+Record = Callable[[str, float, float, str, "str | None", int], None]
 
 
 class Transport(Protocol):
@@ -48,10 +48,10 @@ def run_program(
     session: Callable[[str], ort.InferenceSession],
     transport: Transport,
     results: dict[str, np.ndarray],
-    trace: Trace | None = None,
+    record: Record | None = None,
 ) -> Iterator[None]:
     """Execute `steps`; graph outputs (host only) land in `results`. Yields while blocked."""
-    clock = time.time
+    clock = clock_now
     for step in steps:
         op = step["op"]
         if op == "send":
@@ -59,16 +59,16 @@ def run_program(
             at = clock()
             array = store.get(step["tensor"], rows)
             transport.send(step, array)
-            if trace:
-                trace("send", at, clock(), _label(step), step["to"], array.nbytes)
+            if record:
+                record("send", at, clock(), _label(step), step["to"], array.nbytes)
         elif op == "recv":
             rows = tuple(step["rows"])
             waited = None
             while (array := transport.try_recv(step)) is None:
                 waited = waited or clock()
                 yield
-            if trace and waited:
-                trace("wait", waited, clock(), _label(step), step["from"], 0)
+            if record and waited:
+                record("wait", waited, clock(), _label(step), step["from"], 0)
             store.put(step["tensor"], rows, array)
         elif op in ("run", "tail"):
             names = list(step["outputs"])
@@ -78,8 +78,8 @@ def run_program(
                 feeds = {t: store.whole(t) for t in step["inputs"]}
             at = clock()
             arrays = session(step["model"]).run(names, feeds)
-            if trace:
-                trace("compute", at, clock(), _label(step), None, 0)
+            if record:
+                record("compute", at, clock(), _label(step), None, 0)
             for name, array in zip(names, arrays):
                 if op == "run":
                     store.put(name, tuple(step["outputs"][name]), array)

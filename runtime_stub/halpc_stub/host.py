@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,11 +38,11 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from halpc_stub import keys, wire
+from halpc_stub import clock, keys, wire
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
 from halpc_stub.host_node import Fault, HostNode, RunError, TaskResult, event_dict, join_sends
-from halpc_stub.node import PlanRun, Task, remember
+from halpc_stub.node import PlanPart, Task, remember
 from halpc_stub.session import load_sessions, make_session
 
 log = logging.getLogger("halpc_stub")
@@ -95,10 +94,10 @@ class HostSession:
         `watch` is called while waiting (e.g. to raise when a local stub process has died)."""
         node = self.node
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.time() + timeout_s
+        deadline = clock.now() + timeout_s
         pinged: dict[str, float] = {}
         while missing := [d for d in self.workers if d not in node.pongs]:
-            now = time.time()
+            now = clock.now()
             if now > deadline:
                 raise RunError(
                     f"device(s) {', '.join(missing)} did not answer within {timeout_s:g} s at "
@@ -120,10 +119,10 @@ class HostSession:
                         "to it again and restart its stub"
                     )
         for device, pong in node.pongs.items():
-            if pong.get("plan") != node.plan:
+            if pong.get("bundle") != node.bundle_checksum:
                 raise RunError(
-                    f"{device} runs plan {str(pong.get('plan'))[:12]}, this bundle is plan "
-                    f"{node.plan[:12]}; copy the bundle's {device}/ folder to it again and restart its stub"
+                    f"{device} runs plan {str(pong.get('bundle'))[:12]}, this bundle is plan "
+                    f"{node.bundle_checksum[:12]}; copy the bundle's {device}/ folder to it again and restart its stub"
                 )
             if pong.get("onnxruntime") != onnxruntime.__version__:
                 raise RunError(
@@ -139,10 +138,10 @@ class HostSession:
         node = self.node
         best: tuple[float, float] | None = None
         for _ in range(rounds):
-            sent = time.time()
+            sent = clock.now()
             self._ping(device, sent)
             deadline = sent + 1.0
-            while time.time() < deadline:
+            while clock.now() < deadline:
                 node.receive(timeout_ms=20)
                 pong = node.pongs.get(device)
                 if pong is not None and pong.get("echo") == sent and isinstance(pong.get("t"), (int, float)):
@@ -181,12 +180,12 @@ class HostSession:
         held: dict[int, dict[str, np.ndarray]] = {}  # the inputs of the tasks in flight
         unmerged: list[TaskResult] = []
         exhausted = False
-        front_since = time.time()  # when active[0] came to the front
-        first, origin = self.next_task, time.time()
+        front_since = clock.now()  # when active[0] came to the front
+        first, origin = self.next_task, clock.now()
         while True:
             while not exhausted and len(active) < in_flight:
                 due = origin + (self.next_task - first) * (period_s or 0.0)
-                if time.time() < due:
+                if clock.now() < due:
                     break  # the next frame is not there yet
                 arrays = next(pending, None)
                 if arrays is None:
@@ -205,19 +204,19 @@ class HostSession:
                 del held[result.task]
                 unmerged.append(result)
                 yield result
-                front_since = time.time()
-            unmerged = self._merge_traces(unmerged)
-            wait_ms = 10 if active else (0 if exhausted else max(0, min(10, int((due - time.time()) * 1e3))))
+                front_since = clock.now()
+            unmerged = self._merge_timelines(unmerged)
+            wait_ms = 10 if active else (0 if exhausted else max(0, min(10, int((due - clock.now()) * 1e3))))
             node.receive(timeout_ms=wait_ms)
             self._watch(active, held, front_since)
-        self._merge_traces(unmerged, timeout_s=2.0)
+        self._merge_timelines(unmerged, timeout_s=2.0)
 
     # --- faults --------------------------------------------------------------------------------
 
-    def devices_of(self, plan: PlanRun) -> set[str]:
+    def devices_of(self, plan: PlanPart) -> set[str]:
         return {d for d in self.workers if plan.manifest.program(d)}
 
-    def expected_s(self, plan: PlanRun) -> float:
+    def expected_s(self, plan: PlanPart) -> float:
         """What a task of `plan` takes: its predicted latency (plus, in a bundle of several
         sources, the longest it may queue on a helper behind the other sources' frames), or the
         recent measured median when that is longer (a slower machine than profiled);
@@ -230,11 +229,11 @@ class HostSession:
         return max(((predicted or 0.0) + (data.get("wait_ms") or 0.0)) / 1000,
                    recent[len(recent) // 2] if recent else 0.0)
 
-    def bound_s(self, plan: PlanRun) -> float:
+    def bound_s(self, plan: PlanPart) -> float:
         """How long a task of `plan` may wait for a device before the host gives up on it."""
         return FAULT_FACTOR * self.expected_s(plan) + FAULT_MARGIN_S
 
-    def _start(self, number: int, chosen: PlanRun, arrays: dict[str, np.ndarray]) -> Task | TaskResult:
+    def _start(self, number: int, chosen: PlanPart, arrays: dict[str, np.ndarray]) -> Task | TaskResult:
         """Start a task under `chosen`; if a device of it is down, under the same variant's
         fastest plan without down devices, or on the host alone."""
         down = sorted(self.down.keys() & self.devices_of(chosen))
@@ -260,7 +259,7 @@ class HostSession:
     def _watch(self, active: deque[Task | TaskResult], held: dict[int, dict[str, np.ndarray]],
                front_since: float) -> None:
         """Give the front task up when its device is past the bound; take devices back."""
-        now = time.time()
+        now = clock.now()
         self._readmit(now)
         front = active[0] if active else None
         if not isinstance(front, Task) or front.runnable:
@@ -295,7 +294,7 @@ class HostSession:
                                            "task": task.key[1]}))
         return self._on_host(task.key[1], task.plan, arrays, reason, task.started)
 
-    def _on_host(self, number: int, plan: PlanRun, arrays: dict[str, np.ndarray], reason: str,
+    def _on_host(self, number: int, plan: PlanPart, arrays: dict[str, np.ndarray], reason: str,
                  started: float | None = None) -> TaskResult:
         """The task's outputs from the unsplit model of its plan's variant, on the host."""
         path = plan.manifest.reference_model()
@@ -305,10 +304,10 @@ class HostSession:
                 raise RunError(f"task {number}: {reason}, and {path}, the unsplit model the host recomputes "
                                "tasks with, is missing; copy the bundle's reference/ folder to the host")
             session = self._unsplit[path] = make_session(str(path), self.manifest.host.threads)
-        at = time.time()
+        at = clock.now()
         names = plan.manifest.outputs
         outputs = dict(zip(names, session.run(names, arrays)))
-        end = time.time()
+        end = clock.now()
         events = [event_dict(self.node.name, ["compute", at, end, "unsplit model", None, 0])]
         return TaskResult(number, outputs, at if started is None else started, end, plan.id, events,
                           fallback=reason, unsplit=True)
@@ -317,7 +316,7 @@ class HostSession:
         """Ping the devices marked down; take back those that answered since."""
         for device, since in list(self.down.items()):
             pong = self.node.pongs.get(device)
-            if pong is not None and pong["received"] > since and pong.get("plan") == self.node.plan:
+            if pong is not None and pong["received"] > since and pong.get("bundle") == self.node.bundle_checksum:
                 del self.down[device]
                 self._wrong_plan.discard(device)
                 log.warning("%s answers again after %.1f s: back in use", device, now - since)
@@ -325,7 +324,7 @@ class HostSession:
                 self._wrong_plan.add(device)
                 log.warning("%s answers, but runs plan %s, not this bundle's %s: it stays down until it "
                             "serves this bundle (copy the device's folder again)", device,
-                            str(pong.get("plan"))[:12], self.node.plan[:12])
+                            str(pong.get("bundle"))[:12], self.node.bundle_checksum[:12])
             if device in self.down and now - self._pinged.get(device, 0.0) >= REPING_S:
                 self._pinged[device] = now
                 self._ping(device, now)
@@ -353,23 +352,23 @@ class HostSession:
     def _host_events(self, task: Task) -> list[dict[str, Any]]:
         return [event_dict(self.node.name, e) for e in task.events]
 
-    def _merge_traces(self, results: list[TaskResult], timeout_s: float = 0.0) -> list[TaskResult]:
+    def _merge_timelines(self, results: list[TaskResult], timeout_s: float = 0.0) -> list[TaskResult]:
         """Merge the devices' timelines into every result whose devices have all sent theirs
         (waiting up to `timeout_s` for them); the results still waiting."""
         node = self.node
-        deadline = time.time() + timeout_s
+        deadline = clock.now() + timeout_s
         waiting = []
         for result in results:
             devices = [] if result.unsplit else sorted(self.devices_of(node.plan_by_id(result.plan)))
-            while not all((result.task, d) in node.traces for d in devices) and time.time() < deadline:
+            while not all((result.task, d) in node.timelines for d in devices) and clock.now() < deadline:
                 node.receive(timeout_ms=20)
-            if not all((result.task, d) in node.traces for d in devices) and timeout_s == 0:
+            if not all((result.task, d) in node.timelines for d in devices) and timeout_s == 0:
                 waiting.append(result)
                 continue
             events = list(result.events)
             for device in devices:
                 offset = self.offsets.get(device, 0.0)
-                for raw in node.traces.pop((result.task, device), []):
+                for raw in node.timelines.pop((result.task, device), []):
                     if (isinstance(raw, list) and len(raw) == 6 and isinstance(raw[0], str)
                             and isinstance(raw[3], str) and (raw[4] is None or isinstance(raw[4], str))
                             and all(isinstance(v, (int, float)) for v in (raw[1], raw[2], raw[5]))):

@@ -2,14 +2,13 @@
 answers; and what a finished task gives back (`TaskResult`) or a device fault (`Fault`)."""
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from halpc_stub import wire
+from halpc_stub import clock, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.node import Node
 
@@ -54,9 +53,9 @@ class HostNode(Node):
         super().__init__(*args, **kwargs)
         self.session_id = session_id
         self.pongs: dict[str, dict[str, Any]] = {}
-        self.traces: dict[tuple[int, str], list[list[Any]]] = {}
+        self.timelines: dict[tuple[int, str], list[list[Any]]] = {}
         self.probed: list[tuple[str, int, float]] = []  # (device, bytes, seconds between parts)
-        self.given_up: OrderedDict[int, None] = OrderedDict()  # tasks whose devices' traces are dropped
+        self.given_up: OrderedDict[int, None] = OrderedDict()  # tasks whose devices' timelines are dropped
 
     def _ours(self, header: dict[str, Any]) -> None:
         if header["from"] not in self.addresses or header.get("session") != self.session_id:
@@ -64,17 +63,17 @@ class HostNode(Node):
 
     def on_pong(self, header: dict[str, Any], frames: list[Any]) -> None:
         self._ours(header)
-        self.pongs[header["from"]] = {**header, "received": time.time()}
+        self.pongs[header["from"]] = {**header, "received": clock.now()}
 
-    def on_trace(self, header: dict[str, Any], frames: list[Any]) -> None:
+    def on_timeline(self, header: dict[str, Any], frames: list[Any]) -> None:
         self._ours(header)
         events = header.get("events")
         if not isinstance(events, list):
-            raise wire.Rejected("trace without events")
+            raise wire.Rejected("timeline without events")
         _, task = wire.task_of(header)
         if task in self.given_up:
             return
-        self.traces[(task, header["from"])] = events
+        self.timelines[(task, header["from"])] = events
 
     def on_probed(self, header: dict[str, Any], frames: list[Any]) -> None:
         self._ours(header)

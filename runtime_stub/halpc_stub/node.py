@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from halpc_stub import keys, wire
+from halpc_stub import clock, keys, wire
 from halpc_stub.errors import BundleError
 from halpc_stub.executor import run_program
 from halpc_stub.manifest import Manifest
@@ -70,7 +69,7 @@ def connect_endpoint(address: str) -> str:
 
 
 @dataclass(frozen=True)
-class PlanRun:
+class PlanPart:
     """What a device runs under one of the bundle's plans."""
 
     id: str
@@ -85,12 +84,12 @@ class PlanRun:
 @dataclass
 class Task:
     key: TaskKey
-    plan: PlanRun
+    plan: PlanPart
     results: dict[str, np.ndarray] = field(default_factory=dict)
     inbox: dict[RowsKey, np.ndarray] = field(default_factory=dict)
     events: list[list[Any]] = field(default_factory=list)  # [kind, start, end, label, peer, bytes]
-    started: float = field(default_factory=time.time)
-    progressed: float = field(default_factory=time.time)
+    started: float = field(default_factory=clock.now)
+    progressed: float = field(default_factory=clock.now)
     waiting: dict[str, Any] | None = None  # the recv step it is blocked in
     runner: Iterator[None] | None = None
     finished: float | None = None
@@ -106,7 +105,7 @@ class Task:
         step = self.waiting
         return step is None or (step["from"], step["tensor"], tuple(step["rows"])) in self.inbox
 
-    def trace(self, kind: str, start: float, end: float, label: str, peer: str | None, nbytes: int = 0) -> None:
+    def record(self, kind: str, start: float, end: float, label: str, peer: str | None, nbytes: int = 0) -> None:
         self.events.append([kind, start, end, label, peer, nbytes])
 
 
@@ -126,7 +125,7 @@ class _TaskTransport:
             self.task.waiting = step
         else:
             self.task.waiting = None
-            self.task.progressed = time.time()
+            self.task.progressed = clock.now()
         return array
 
 
@@ -142,12 +141,12 @@ class Node:
         entry = manifest.device(device)
         self.name = entry.name
         self.manifest = manifest
-        self.plan: str = manifest.checksum  # of every plan: what the host checks a device runs
-        self.plans: dict[str, PlanRun] = {}  # by plan checksum, as rows headers name them
+        self.bundle_checksum: str = manifest.checksum  # over every plan: what the host checks a device runs
+        self.plans: dict[str, PlanPart] = {}  # by plan checksum, as rows headers name them
         for view in manifest.plans:
             program, specs = view.program(device), view.tensors
             checksum = view.data["plan_sha256"]
-            self.plans[checksum] = PlanRun(view.id, checksum, program, specs,
+            self.plans[checksum] = PlanPart(view.id, checksum, program, specs,
                                            wire.Inbound(checksum, program, specs), view, view.host.name)
         self.default = next(iter(self.plans.values()))
         self.session = session
@@ -233,17 +232,17 @@ class Node:
 
     # --- tasks ---------------------------------------------------------------------------------
 
-    def plan_by_id(self, plan_id: str) -> PlanRun:
+    def plan_by_id(self, plan_id: str) -> PlanPart:
         for plan in self.plans.values():
             if plan.id == plan_id:
                 return plan
         self.manifest.plan(plan_id)  # raises the BundleError that names the known plans
         raise AssertionError(plan_id)
 
-    def start(self, key: TaskKey, store: RowStore, plan: PlanRun | None = None) -> Task:
+    def start(self, key: TaskKey, store: RowStore, plan: PlanPart | None = None) -> Task:
         task = Task(key, plan or self.default)
         task.runner = run_program(
-            task.plan.program, store, self.session, _TaskTransport(self, task), task.results, task.trace
+            task.plan.program, store, self.session, _TaskTransport(self, task), task.results, task.record
         )
         self.tasks[key] = task
         return task
@@ -267,7 +266,7 @@ class Node:
             try:
                 next(task.runner)  # type: ignore[arg-type]
             except StopIteration:
-                task.finished = time.time()
+                task.finished = clock.now()
                 self.forget(task.key)
                 done.append(task)
         return done
@@ -297,11 +296,11 @@ class Node:
         if rows_key in task.inbox:
             raise wire.Rejected(f"task {key[1]}: {rows_key[1]!r} rows {list(rows_key[2])} received twice")
         task.inbox[rows_key] = array
-        now = time.time()
-        task.trace("arrive", now, now, f"{rows_key[1]} rows {rows_key[2][0]}..{rows_key[2][1]}", rows_key[0],
+        now = clock.now()
+        task.record("arrive", now, now, f"{rows_key[1]} rows {rows_key[2][0]}..{rows_key[2][1]}", rows_key[0],
                    array.nbytes)
 
-    def unknown_task(self, key: TaskKey, plan: PlanRun) -> Task:
+    def unknown_task(self, key: TaskKey, plan: PlanPart) -> Task:
         raise wire.Rejected(f"rows for unknown task {key[1]}")
 
     def on_ping(self, header: dict[str, Any], frames: list[Any]) -> None:
@@ -310,8 +309,8 @@ class Node:
     def on_pong(self, header: dict[str, Any], frames: list[Any]) -> None:
         raise wire.Rejected("unexpected pong")
 
-    def on_trace(self, header: dict[str, Any], frames: list[Any]) -> None:
-        raise wire.Rejected("unexpected trace")
+    def on_timeline(self, header: dict[str, Any], frames: list[Any]) -> None:
+        raise wire.Rejected("unexpected timeline")
 
     def on_probe(self, header: dict[str, Any], frames: list[Any]) -> None:
         raise wire.Rejected("probe sent to a device that does not answer probes")

@@ -5,7 +5,7 @@ sources (cameras) each source that has a plan here. A task is identified by its 
 and the task number. Each host has its current session, the one it pinged with last: rows of it
 for a task this device has not seen start the task; rows for one it finished or was told to drop
 are late and dropped, and so are rows of an older session or of another host's. After each task
-the device sends its host the timeline it measured (`trace`), which `halpc run` shows beside the
+the device sends its host the timeline it measured (`timeline`), which `halpc run` shows beside the
 prediction. A host that restarts (a new session id) makes the device drop that host's unfinished
 tasks, and only those; a host that gives a task up (`cancel`) makes it drop that task. When tasks
 of several sources can run, they take turns (`Node.advance`), so that no source waits behind
@@ -14,15 +14,14 @@ another's backlog.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from typing import Any, Callable
 
 import onnxruntime
 
-from halpc_stub import wire
+from halpc_stub import clock, wire
 from halpc_stub.manifest import Manifest
-from halpc_stub.node import MAX_LIVE_TASKS, Node, PlanRun, TaskKey
+from halpc_stub.node import MAX_LIVE_TASKS, Node, PlanPart, TaskKey
 from halpc_stub.store import RowStore
 
 log = logging.getLogger("halpc_stub")
@@ -65,12 +64,12 @@ class StubNode(Node):
         session, _ = wire.task_of({**header, "task": 0})
         self._adopt(host, session)
         self.send(host, wire.encode({
-            "kind": "pong", "from": self.name, "session": session, "plan": self.plan,
-            "onnxruntime": onnxruntime.__version__, "t": time.time(), "echo": header.get("t"),
+            "kind": "pong", "from": self.name, "session": session, "bundle": self.bundle_checksum,
+            "onnxruntime": onnxruntime.__version__, "t": clock.now(), "echo": header.get("t"),
         }))
 
     def on_probe(self, header: dict[str, Any], frames: list[Any]) -> None:
-        arrived = time.time()
+        arrived = clock.now()
         host = self._host(header)
         session, _ = wire.task_of({**header, "task": 0})
         seq, part, size = wire.probe_part(header, frames)
@@ -98,7 +97,7 @@ class StubNode(Node):
             log.warning("%s: the host gave task %d up", self.name, key[1])
         self.forget(key)
 
-    def unknown_task(self, key: TaskKey, plan: PlanRun):
+    def unknown_task(self, key: TaskKey, plan: PlanPart):
         # A host pings before its first rows: rows of another session than the one that pinged
         # last are late ones of an old host, and must not end the current host's tasks.
         current = self.current.get(plan.source)
@@ -123,7 +122,7 @@ class StubNode(Node):
                 for task in self.advance():
                     self.served_by[task.source] += 1
                     self.send(task.source, wire.encode({
-                        "kind": "trace", "from": self.name, "source": task.source, "session": task.key[0],
+                        "kind": "timeline", "from": self.name, "source": task.source, "session": task.key[0],
                         "task": task.key[1], "events": task.events,
                     }))
 

@@ -7,7 +7,7 @@ buffer, sent and received without copies. Kinds:
   "dtype", "shape"}`` and the array; the rows one device's program sends another's.
 - ``ping`` / ``pong``: the host asks a device whether it is up and runs the same plan; the pong
   carries the device's plan checksum, ONNX Runtime version and clock.
-- ``trace``: after each task a device sends the host its measured timeline of that task.
+- ``timeline``: after each task a device sends the host what it measured of that task.
 - ``cancel``: the host gave a task up (a device of it failed, see `halpc_stub.host`): the device
   drops the task, and any rows for it that come later.
 - ``probe`` / ``probed``: the host measures a link it has not used lately: it sends two
@@ -30,9 +30,9 @@ import numpy as np
 from halpc_stub.store import TensorSpec
 
 VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024  # traces of big programs are the largest headers
+MAX_HEADER_BYTES = 64 * 1024  # timelines of big programs are the largest headers
 MAX_PROBE_BYTES = 1 << 20
-KINDS = ("rows", "ping", "pong", "trace", "probe", "probed", "cancel")
+KINDS = ("rows", "ping", "pong", "timeline", "probe", "probed", "cancel")
 TWO_FRAMES = ("rows", "probe")
 
 
@@ -111,7 +111,7 @@ class Inbound:
     """What one device may receive under one plan: exactly the `recv` steps of its program."""
 
     def __init__(self, plan: str, program: list[dict[str, Any]], specs: dict[str, TensorSpec]) -> None:
-        self.plan = plan
+        self.plan_checksum = plan
         self._expect: dict[tuple[str, str, tuple[int, int]], _Expect] = {}
         for step in program:
             if step["op"] == "recv":
@@ -123,8 +123,8 @@ class Inbound:
 
     def rows(self, header: dict[str, Any], frames: list[Any]) -> tuple[tuple[str, str, tuple[int, int]], np.ndarray]:
         """The key (sender, tensor, rows) and a read-only array over the buffer, once checked."""
-        if header.get("plan") != self.plan:
-            raise Rejected(f"plan {str(header.get('plan'))[:12]!r} is not this device's plan {self.plan[:12]}")
+        if header.get("plan") != self.plan_checksum:
+            raise Rejected(f"plan {str(header.get('plan'))[:12]!r} is not this device's plan {self.plan_checksum[:12]}")
         rows = header.get("rows")
         if not (isinstance(rows, list) and len(rows) == 2 and all(type(r) is int for r in rows)):
             raise Rejected(f"bad rows {rows!r}")

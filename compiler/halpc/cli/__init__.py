@@ -7,6 +7,7 @@ gets the command-line flag that sets it.
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{flag} {exc}" if flag else str(exc), exc.exit_code)
     except (KeyboardInterrupt, click.Abort):
         _fail("interrupted", 130)
+    except Exception as exc:  # not the user's doing: say so, with what a bug report needs
+        traceback.print_exc()
+        _fail(f"internal error ({type(exc).__name__}): this is a bug in halpc; please report it with the "
+              "traceback above", 70)
 
 
 def _fail(message: str, code: int) -> None:

@@ -91,15 +91,19 @@ def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
     default, and `sharing` records how the sources share the helpers (`planner.sources`)."""
     out = Path(out)
     check_destination(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         files, size, schedules = _write(list(entries), cluster, staging, deadline_ms, insecure, sharing, progress)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
+    except OSError as exc:  # an unwritable folder, a full disk: nothing half-written stays behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise HalpcError(f"{out}: cannot write the bundle ({exc.strerror or exc}); choose a writable folder with "
+                         "room for it", option="output") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -163,7 +167,7 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
     for device in cluster.devices:
         context = {
             "device": device,
-            "bundle_plan": Manifest(root, manifest).checksum[:12],  # what the stub says it serves
+            "bundle_checksum": Manifest(root, manifest).checksum[:12],  # what the stub says it serves
             "plans": len(entries),
             "version": halpc.__version__,
             "onnxruntime": onnxruntime.__version__,

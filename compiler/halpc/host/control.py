@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 
 from halpc.host.adapt import Bandwidths, Choice, LinkEstimator, PlanOption, Predictor, cached, choose
 from halpc.planner.predict import bundle_cluster, predict_bundle
+from halpc_stub import clock
 from halpc_stub.host import HostSession
 from halpc_stub.manifest import Manifest
 
@@ -95,7 +95,7 @@ class Controller:
                 self.estimator.forget(device)
                 self.out.discard(device)
             self.estimator.observe(device, mbps)
-            self.samples.append((time.time(), device, mbps))
+            self.samples.append((clock.now(), device, mbps))
         out = self.out = self.out | self.host.down.keys()
         estimate = {d: v for d, v in self.estimator.estimate.items() if d not in out}
         avoid = out if self.policy in ("adaptive", "select") else set()  # the policies that go by prediction
@@ -113,7 +113,7 @@ class Controller:
     def finished(self) -> None:
         """After a task, probe each link that has no probe under way and was not probed in the
         last PROBE_INTERVAL_S."""
-        now = time.time()
+        now = clock.now()
         for device in self.devices:
             if device in self.host.down:  # pinged by the host until it answers
                 continue

@@ -31,6 +31,7 @@ from halpc.progress import Progress, silent
 from halpc.planner.predict import predict_bundle
 from halpc.planner.cost import Event, Prediction
 from halpc.host.verify import OutputCheck, compare_output
+from halpc_stub import clock
 from halpc_stub.host import Fault, HostSession, TaskResult
 from halpc_stub.manifest import Manifest, load_manifest
 from halpc_stub.session import make_session
@@ -243,7 +244,7 @@ def run(
         first = host.next_task
         if on_start:
             on_start()
-        started = time.time()
+        started = clock.now()
         results = []
         for result in host.stream(inputs, in_flight=in_flight, choose=controller.choose if controller else None,
                                   period_s=period_s):

@@ -270,7 +270,7 @@ class TraceReplay:
         self.started = 0.0
 
     def start(self) -> None:
-        self.started = time.time()
+        self.started = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -287,13 +287,13 @@ class TraceReplay:
     def _play(self) -> None:
         current: dict[str, float] = {}
         for t in self.trace.times:
-            if self._stop.wait(max(0.0, self.started + t - time.time())):
+            if self._stop.wait(max(0.0, self.started + t - time.monotonic())):
                 return
             for device, mbps in self.trace.at(t, self.devices).items():
                 if current.get(device) != mbps:
                     self.lab.set_rate(device, mbps)
                     current[device] = mbps
-                    self.applied.append((time.time() - self.started, device, mbps))
+                    self.applied.append((time.monotonic() - self.started, device, mbps))
 
 
 _SERVER = """
