@@ -162,3 +162,41 @@ def test_a_wall_clock_jump_on_the_host_is_no_fault(small, tmp_path, monkeypatch)
     assert all(0 < r.latency_s < 30 for r in summary.results)
     assert all(abs(e["start"] - r.start) < 60 for r in summary.results for e in r.events)
     assert np.isfinite(summary.throughput)
+
+
+def run_on_terminal(*args: str) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal (as a person runs it), stdout on a pipe."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "halpc.cli", *args], stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closes when the process ends
+            break
+        if not chunk:
+            break
+        err += chunk
+    out = proc.stdout.read()
+    proc.wait()
+    os.close(leader)
+    return proc.returncode, out.decode(), err.decode(errors="replace")
+
+
+def test_long_commands_show_progress_on_a_terminal_only(small, tmp_path) -> None:
+    model, cluster = small
+    code, out, err = run_on_terminal("compile", str(model), "--cluster", str(cluster), "-o", str(tmp_path / "b"),
+                                     "--insecure")
+    assert code == 0 and "planning halp" in err and "writing the strips" in err
+    assert err.rstrip(" ").endswith("\x1b[K") or "WARNING" in err.splitlines()[-1]  # the last line is cleared
+    assert "planning" not in out and "wrote" in out
+    code, out, err = run_on_terminal("compile", str(model), "--cluster", str(cluster), "-o", str(tmp_path / "b"),
+                                     "--insecure", "--quiet")
+    assert code == 0 and "planning" not in err
+    code, out, err = run_on_terminal("plan", str(model), "--cluster", str(cluster), "--json")
+    assert code == 0 and "planning" not in err and json.loads(out)["strategies"]
+    proc = run_cli("verify", tmp_path / "b")  # stderr a pipe: no progress
+    assert proc.returncode == 0 and proc.stderr == ""
