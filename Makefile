@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: setup system-deps demo demo-adaptive demo-sources test test-fast bench clean
+.PHONY: setup system-deps arm64-env demo demo-adaptive demo-sources test test-fast bench clean
 
 $(BIN)/halpc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "note: chromium is not installed and you are not root: run 'sudo apt-get install chromium' or the HTML screenshot test is skipped"; fi
+
+# The emulated ARM64 board (Debian arm64 under qemu-user, Cortex-A72, this venv's onnxruntime
+# as the aarch64 wheel) that `halpc verify` and tests/test_targets.py run aarch64 bundles in.
+# Built once (about 5 minutes, ~500 MB) in /var/cache/halpc/arm64; later runs only check it.
+arm64-env: setup
+	@if [ "$$(id -u)" = 0 ]; then bash tools/arm64/build-env.sh; \
+	else echo "note: the emulated ARM64 environment needs root: run 'sudo make arm64-env' or the ARM64 tests are skipped"; fi
 
 # Build VGG-16 (seeded weights), show its trunk, plan and split it over three local devices,
 # prove it exact in one process, then run it for real: two stub processes on 127.0.0.1 serve
@@ -70,7 +77,7 @@ demo-sources: setup
 
 # Everything, slow tests included (what CI runs). -rs prints why each skipped test skipped; as
 # root, a skipped emulated-cluster or Chromium test fails instead (tests/conftest.py).
-test: setup system-deps
+test: setup system-deps arm64-env
 	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: setup

@@ -10,6 +10,8 @@ import onnx
 from halpc.inputs.cluster import Cluster, parse_cluster
 from halpc.compile import compile_bundle
 from halpc.inputs.model import load_model
+from halpc.inputs.target import TARGETS
+from halpc.planner.legal import Legal
 from halpc.planner.plan import Plan
 from halpc.analyse.trunk import Trunk, analyse
 from halpc.host.verify import verify
@@ -58,8 +60,14 @@ def compile_and_verify(
     seeds: int = 1,
     strategy: str = "even",
     keep: bool = True,
+    arch: str | None = None,
 ) -> list:
-    compile_bundle(path, local_cluster(devices), out, strategy, plan, input_shapes)
+    """Compile for `arch` (default: this machine) and verify here; a given plan (a random one) is
+    first made exact on that target, as the planner makes its own plans."""
+    cluster = local_cluster(devices)
+    if plan is not None and arch is not None:
+        plan = Legal(trunk_of(path, input_shapes), cluster, TARGETS[arch]).plan(plan)
+    compile_bundle(path, cluster, out, strategy, plan, input_shapes, arch=arch)
     checks = verify(out, seeds=seeds)
     if not keep:
         shutil.rmtree(out)  # full-size bundles run to gigabytes over a test session

@@ -1,7 +1,10 @@
 """Real CNNs compile for 2, 3 and 4 devices, with even and random uneven plans, bit-exact.
 
-Small builder models run by default; the onnx wheel's full-size light models and trained models
-from PyPI wheels carry the `slow` marker (CI runs them).
+Every model of the zoo is checked for this machine (x86-64: ONNX Runtime's NCHWc kernels) and
+for x86_64-nonchwc, which runs the im2col + SGEMM kernels ARM64 boards run, so that the
+exactness rules of ARM targets are checked natively (tests/test_targets.py runs some under ARM64
+emulation). Small builder models run by default; the onnx wheel's full-size light models and
+trained models from PyPI wheels carry the `slow` marker (CI runs them).
 """
 from __future__ import annotations
 
@@ -31,14 +34,21 @@ def builder_model(tmp_path_factory, request):
     return path
 
 
+# Off NCHWc the planner gives up some splits to stay exact, so the same models are worth checking
+# there too; at 7-8 minutes for the zoo that is a `slow` run.
+TARGETS = ("x86_64", pytest.param("x86_64-nonchwc", marks=pytest.mark.slow))
+
+
+@pytest.mark.parametrize("arch", TARGETS)
 @pytest.mark.parametrize("builder_model", list(BUILDER_SIZES), indirect=True)
 @pytest.mark.parametrize("devices", [2, 3, 4])
-def test_builder_models_even_and_uneven(builder_model, devices, tmp_path) -> None:
-    assert_exact(compile_and_verify(builder_model, tmp_path / "even", devices))
+def test_builder_models_even_and_uneven(builder_model, devices, arch, tmp_path) -> None:
+    assert_exact(compile_and_verify(builder_model, tmp_path / "even", devices, arch=arch))
     trunk = trunk_of(builder_model)
     names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
     plan = random_plan(trunk, names, seed=devices)
-    assert_exact(compile_and_verify(builder_model, tmp_path / "uneven", devices, plan=plan))
+    assert_exact(compile_and_verify(builder_model, tmp_path / "uneven", devices, plan=plan, arch=arch))
+    assert_exact(compile_and_verify(builder_model, tmp_path / "halp", devices, strategy="halp", arch=arch))
 
 
 @pytest.mark.slow
@@ -56,18 +66,20 @@ def test_builder_models_full_size(name, devices, tmp_path) -> None:
 FAST_LIGHT = ("squeezenet", "shufflenet")
 
 
+@pytest.mark.parametrize("arch", TARGETS)
 @pytest.mark.parametrize(
     "name",
     [pytest.param(n, marks=() if n in FAST_LIGHT else pytest.mark.slow) for n in light_models.LIGHT_MODELS],
 )
-def test_light_models(name, tmp_path) -> None:
+def test_light_models(name, arch, tmp_path) -> None:
     path = save(light_models.load_light_model(name), tmp_path)
     trunk = trunk_of(path)
     for devices in (2, 3, 4):
         names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
-        assert_exact(compile_and_verify(path, tmp_path / f"even{devices}", devices, keep=False))
+        assert_exact(compile_and_verify(path, tmp_path / f"even{devices}", devices, keep=False, arch=arch))
         plan = random_plan(trunk, names, seed=devices)
-        assert_exact(compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, keep=False))
+        assert_exact(compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, keep=False,
+                                        arch=arch))
 
 
 def _pretrained(name: str):
@@ -79,17 +91,19 @@ def _pretrained(name: str):
     return path, {input_name: shape}
 
 
+@pytest.mark.parametrize("arch", TARGETS)
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=() if n == "mtcnn_pnet" else pytest.mark.slow) for n in fetch_pretrained.PRETRAINED]
 )
-def test_trained_models_from_wheels(name, tmp_path) -> None:
+def test_trained_models_from_wheels(name, arch, tmp_path) -> None:
     path, shapes = _pretrained(name)
     trunk = trunk_of(path, shapes)
     for devices in (2, 3, 4):
         names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
-        assert_exact(compile_and_verify(path, tmp_path / f"even{devices}", devices, input_shapes=shapes))
+        assert_exact(compile_and_verify(path, tmp_path / f"even{devices}", devices, input_shapes=shapes, arch=arch))
         plan = random_plan(trunk, names, seed=devices)
-        checks = compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, input_shapes=shapes)
+        checks = compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, input_shapes=shapes,
+                                    arch=arch)
         assert_exact(checks)
 
 

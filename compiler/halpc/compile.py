@@ -20,6 +20,7 @@ from typing import Sequence
 from halpc.inputs.cluster import Cluster, load_cluster
 from halpc.emit.bundle import BundleSummary, PlanEntry, check_destination, write_plans
 from halpc.errors import HalpcError, UsageError
+from halpc.inputs.target import parse_target, this_machine
 from halpc.progress import Progress, silent
 from halpc.inputs.model import Shape, load_model
 from halpc.planner.plan import Plan
@@ -37,6 +38,7 @@ class Compiled:
     cluster: Cluster
     bundle: BundleSummary
     entries: tuple[PlanEntry, ...] = ()
+    notes: tuple[str, ...] = ()  # what the user should know: devices left out, and why
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,44 @@ def compile_bundle(
     deadline_ms: float | None = None,
     insecure: bool = False,
     spares: bool = False,
+    arch: str | None = None,
+    allow_inexact: bool = False,
     progress: Progress = silent,
 ) -> Compiled:
+    """`arch` names every device's target (inputs.target.TARGETS; default: each device's own in
+    the cluster file, else the host's, else this machine's); a device of another target than the
+    host's is left out, unless `allow_inexact` (its strips would not be bit-exact)."""
     check_destination(Path(out))  # before any slow work: a wrong -o fails at once
     if not isinstance(cluster, Cluster):
         cluster = load_cluster(cluster)
+    cluster, notes = targeted(cluster, arch, allow_inexact)
+    compiled = _compile(model, cluster, out, strategy, plan, input_shapes, accuracy, variants, bandwidths,
+                        deadline_ms, insecure, spares, allow_inexact, progress)
+    return dataclasses.replace(compiled, notes=tuple(notes))
+
+
+def targeted(cluster: Cluster, arch: str | None, allow_inexact: bool) -> tuple[Cluster, list[str]]:
+    """The cluster with every device's target named, less the devices of another target than the
+    host's (unless `allow_inexact`); and a note per device left out."""
+    reference = parse_target(arch).name if arch else (cluster.host.arch or this_machine().name)
+    devices, notes = [], []
+    for d in cluster.devices:
+        name = arch or d.arch or reference
+        if name != reference and (d.host or d.source):
+            raise HalpcError(f"{cluster.source}: {d.name} is {name}, the host {cluster.host.name} is {reference}; "
+                             "every host of a bundle runs one target", option="arch")
+        if name != reference and not allow_inexact:
+            notes.append(f"{d.name} left out: it is {name}, the host {reference}, so its strips would not be "
+                         "bit-exact (allow inexact outputs to use it)")
+            continue
+        devices.append(dataclasses.replace(d, arch=name))
+    kept = {d.name for d in devices}
+    return dataclasses.replace(cluster, devices=tuple(devices),
+                               links=tuple(link for link in cluster.links if {link.a, link.b} <= kept)), notes
+
+
+def _compile(model, cluster: Cluster, out, strategy: str, plan, input_shapes, accuracy, variants, bandwidths,
+             deadline_ms, insecure: bool, spares: bool, allow_inexact: bool, progress: Progress) -> Compiled:
     if cluster.sources:
         if model is not None or plan is not None or variants or bandwidths or spares or accuracy is not None:
             raise UsageError(f"{cluster.source} names each source's model; give no model, plan, variants, "
@@ -100,7 +135,7 @@ def compile_bundle(
             raise UsageError("give a model, or its variants (FILE.onnx:ACCURACY)")
         progress(f"loading {Path(model).name}")
         trunk = analyse(load_model(model, input_shapes))
-        chosen = _one_plan(trunk, cluster, strategy, plan, progress)
+        chosen = _one_plan(trunk, cluster, strategy, plan, progress, allow_inexact)
         entry = PlanEntry("default", trunk, chosen, accuracy=accuracy)
         summary = write_plans([entry], cluster, out, deadline_ms, insecure, progress=progress)
         return Compiled(trunk, chosen, cluster, summary, (entry,))
@@ -168,12 +203,15 @@ def _with_waits(cluster: Cluster, trunks: dict[str, Trunk], plans: dict[str, Pla
 
 
 def _one_plan(trunk: Trunk, cluster: Cluster, strategy: str, plan: str | Path | Plan | None,
-              progress: Progress) -> Plan:
-    if isinstance(plan, Plan):
-        return plan
-    if plan is not None:
-        return load_plan(plan, trunk, list(cluster.names))
+              progress: Progress, allow_inexact: bool = False) -> Plan:
     ctx = context(trunk, cluster)
+    if plan is not None:
+        given = plan if isinstance(plan, Plan) else load_plan(plan, trunk, list(cluster.names))
+        why = ctx.legal.plan_why_inexact(given)
+        if why and not allow_inexact:
+            raise HalpcError(f"{plan if isinstance(plan, (str, Path)) else 'the plan'}: not bit-exact on {ctx.target.name}: {why}; "
+                             "give those rows to fewer devices, or allow inexact outputs", option="plan")
+        return given
     progress(f"planning {strategy}")
     return best_plan(ctx, progress) if strategy == "best" else make_plan(ctx, strategy)
 

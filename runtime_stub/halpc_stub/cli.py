@@ -18,7 +18,7 @@ from halpc_stub import keys
 from halpc_stub.errors import BundleError
 from halpc_stub.manifest import load_manifest
 from halpc_stub.serve import StubNode
-from halpc_stub.session import load_sessions
+from halpc_stub.session import load_sessions, target_mismatch, this_target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", required=True, help="this device's name in the manifest")
     parser.add_argument("--check", action="store_true", help="check the files and exit")
     parser.add_argument("--bind", help="listen here instead of the manifest address, e.g. tcp://*:5702")
+    parser.add_argument("--allow-inexact", action="store_true",
+                        help="run on a machine the bundle was not compiled for (outputs then differ by ~1e-6)")
     parser.add_argument("--key", help="the secret key file (default: keys/DEVICE.key_secret in the device's folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="halpc-stub %(message)s", level=logging.WARNING)
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             raise BundleError(f"{device.name}: the bundle was compiled for onnxruntime {wanted!r}, this device has "
                               f"{onnxruntime.__version__!r}; outputs are bit-exact only with that build: "
                               f"pip install 'onnxruntime=={wanted}'")
+        if why := target_mismatch(manifest, this_target(manifest), device.name):
+            if not args.allow_inexact:
+                raise BundleError(why)
+            print(f"halpc-stub: {device.name}: WARNING: --allow-inexact: {why}", file=sys.stderr, flush=True)
         if keys.load(manifest, device.name, args.key) is None:
             print(f"halpc-stub: {device.name}: {keys.INSECURE_WARNING}", file=sys.stderr, flush=True)
         sessions = load_sessions(manifest, device.name)

@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
 
 from halpc_stub import clock, keys, wire
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
 from halpc_stub.host_node import Fault, HostNode, RunError, TaskResult, event_dict, join_sends
 from halpc_stub.node import PlanPart, Task, remember
-from halpc_stub.session import load_sessions, make_session
+from halpc_stub.session import bundle_nchwc, load_sessions, make_session, target_mismatch, this_target
 
 log = logging.getLogger("halpc_stub")
 
@@ -57,12 +56,19 @@ RECENT = 16  # measured task times per plan kept for the expected time
 
 class HostSession:
     def __init__(self, bundle: str | Path, bind: str | None = None, timeout_s: float = 30.0,
-                 check_files: bool = True, source: str | None = None) -> None:
+                 check_files: bool = True, source: str | None = None, allow_inexact: bool = False) -> None:
         # The bundle as this source sees it (its plans only); the bundle itself for one source.
         self.manifest = load_manifest(bundle).for_source(source)
         host = self.manifest.host
         if check_files:
             self.manifest.check_files(host.name)
+        # Every device, the host too, must run what the bundle was compiled for (`allow_inexact`:
+        # a warning instead; outputs then differ from the unsplit model's by ~1e-6).
+        self.allow_inexact = allow_inexact
+        if why := target_mismatch(self.manifest, this_target(self.manifest), f"this host ({host.name})"):
+            if not allow_inexact:
+                raise RunError(why)
+            log.warning("--allow-inexact: %s", why)
         self.timeout_s = timeout_s
         self.workers = self.manifest.workers
         sessions = load_sessions(self.manifest, host.name)
@@ -124,11 +130,10 @@ class HostSession:
                     f"{device} runs plan {str(pong.get('bundle'))[:12]}, this bundle is plan "
                     f"{node.bundle_checksum[:12]}; copy the bundle's {device}/ folder to it again and restart its stub"
                 )
-            if pong.get("onnxruntime") != onnxruntime.__version__:
-                raise RunError(
-                    f"{device} runs onnxruntime {pong.get('onnxruntime')}, the host "
-                    f"{onnxruntime.__version__}; outputs are bit-exact only with one build on every device"
-                )
+            if why := target_mismatch(self.manifest, pong, device):
+                if not self.allow_inexact:
+                    raise RunError(why)
+                log.warning("--allow-inexact: %s", why)
         for device in self.workers:
             self.offsets[device] = self._clock_offset(device)
         self.connected = True
@@ -303,7 +308,8 @@ class HostSession:
             if not path.exists():
                 raise RunError(f"task {number}: {reason}, and {path}, the unsplit model the host recomputes "
                                "tasks with, is missing; copy the bundle's reference/ folder to the host")
-            session = self._unsplit[path] = make_session(str(path), self.manifest.host.threads)
+            session = self._unsplit[path] = make_session(str(path), self.manifest.host.threads,
+                                                              nchwc=bundle_nchwc(self.manifest))
         at = clock.now()
         names = plan.manifest.outputs
         outputs = dict(zip(names, session.run(names, arrays)))

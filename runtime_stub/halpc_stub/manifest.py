@@ -231,6 +231,10 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         raise bad("alternatives", "must list plans with id, plan_sha256, programs, tensors, model, inputs and outputs")
     if not isinstance(data["onnxruntime"], str):
         raise bad("onnxruntime", "must be the ONNX Runtime version string")
+    target = data.get("target", {})
+    if not (isinstance(target, dict) and isinstance(target.get("arch", ""), str)
+            and isinstance(target.get("nchwc", True), bool)):
+        raise bad("target", "must be an object with the target's arch (a string) and nchwc (true or false)")
     if not all(type(d["threads"]) is int and 1 <= d["threads"] <= 4096 for d in devices):
         raise bad("devices", "threads must be a whole number from 1 to 4096")
     # Every plan's tensors, inputs, outputs and programs, as the executor and `verify` read them.
@@ -283,10 +287,11 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         if not isinstance(plan["inputs"], list) or not all(
             isinstance(i, dict) and isinstance(i.get("name"), str) and is_dims(i.get("shape")) and is_dtype(i.get("dtype"))
             for i in plan["inputs"]
-        ) or not isinstance(plan["outputs"], list) or not all(
+        ) or not isinstance(plan["outputs"], list) or not plan["outputs"] or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in plan["outputs"]
         ):
-            raise bad(f"{at}inputs/outputs", "must list objects with name (and for inputs shape and dtype)")
+            raise bad(f"{at}inputs/outputs", "must list objects with name (and for inputs shape and dtype), "
+                      "at least one output")
         for device, program in plan["programs"].items():
             if device not in names:
                 raise bad(f"{at}programs.{device}", "is not a device of the bundle")

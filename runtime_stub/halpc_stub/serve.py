@@ -17,10 +17,9 @@ import logging
 from collections import Counter
 from typing import Any, Callable
 
-import onnxruntime
-
 from halpc_stub import clock, wire
 from halpc_stub.manifest import Manifest
+from halpc_stub.session import this_target
 from halpc_stub.node import MAX_LIVE_TASKS, Node, PlanPart, TaskKey
 from halpc_stub.store import RowStore
 
@@ -31,6 +30,7 @@ class StubNode(Node):
     def __init__(self, manifest: Manifest, device: str, session: Callable[[str], Any],
                  bind: str | None = None, key: str | None = None) -> None:
         super().__init__(manifest, device, session, bind, key)
+        self.target = this_target(manifest)  # what the pong tells the host: arch, NCHWc, onnxruntime
         several = bool(manifest.sources)
         self.hosts = list(dict.fromkeys(p.source for p in self.plans.values() if p.program or not several))
         self.current: dict[str, str] = {}  # host -> its current session
@@ -65,7 +65,7 @@ class StubNode(Node):
         self._adopt(host, session)
         self.send(host, wire.encode({
             "kind": "pong", "from": self.name, "session": session, "bundle": self.bundle_checksum,
-            "onnxruntime": onnxruntime.__version__, "t": clock.now(), "echo": header.get("t"),
+            **self.target, "t": clock.now(), "echo": header.get("t"),
         }))
 
     def on_probe(self, header: dict[str, Any], frames: list[Any]) -> None:

@@ -1,10 +1,20 @@
-"""ONNX Runtime sessions with the one set of options every halpc run uses.
+"""ONNX Runtime sessions with the one set of options every halpc run uses, and what this
+machine's ONNX Runtime is (its CPU architecture, whether it rewrites convolutions to NCHWc).
 
 Bit-exactness between the unsplit model and its strips holds for one ORT build with one set of
-options (ORT_ENABLE_ALL rewrites convolutions to NCHWc kernels whose accumulation order does not
-depend on the strip height). The reference run in `halpc verify` and every device use this.
+options. On x86-64, ORT_ENABLE_ALL rewrites convolutions to NCHWc kernels whose accumulation
+order does not depend on the strip height. A bundle compiled for a target without them (ARM64,
+or x86-64 with `nchwc=False`) runs every session with the NchwcTransformer disabled, so that an
+x86 machine computes what the target computes; on ARM64 builds it is not registered anyway.
+The reference run in `halpc verify` and every device use this.
 """
 from __future__ import annotations
+
+import base64
+import functools
+import os
+import platform
+import tempfile
 
 import onnxruntime as ort
 
@@ -12,9 +22,10 @@ from halpc_stub.errors import BundleError
 
 
 def make_session(
-    model: str | bytes, threads: int = 1, optimized_path: str | None = None
+    model: str | bytes, threads: int = 1, optimized_path: str | None = None, nchwc: bool = True
 ) -> ort.InferenceSession:
-    """A session with halpc's options; `optimized_path` saves the graph ORT actually runs."""
+    """A session with halpc's options; `optimized_path` saves the graph ORT actually runs;
+    `nchwc=False` keeps convolutions off ORT's NCHWc layout."""
     options = ort.SessionOptions()
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
@@ -22,13 +33,65 @@ def make_session(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    disabled = [] if nchwc else ["NchwcTransformer"]
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
+# One 1x1 Conv, 8 channels, 4x4 (a serialised ONNX model: the stub has no onnx package).
+_PROBE = base64.b64decode("CAg65QIKDwoBeAoBdxIBeSIEQ29udhIFcHJvYmUqkAIICAgICAEIARABQgF3SoAC" + "A" * 341 + "FobCgF4EhYKFAgBEhAKAggBCgIICAoCCAQKAggEYhsKAXkSFgoUCAESEAoCCAEKAggICgIIBAoCCARCBAoAEA0=")
+
+
+def machine_arch() -> str:
+    """The CPU architecture in halpc's words: x86_64 or aarch64."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+@functools.lru_cache(maxsize=None)
+def nchwc_available() -> bool:
+    """Whether this machine's ONNX Runtime rewrites convolutions to its NCHWc layout (MLAS has
+    NCHWc kernels for this CPU): asked of ORT itself, by optimizing a one-Conv model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = os.path.join(tmp, "probe.onnx")
+        make_session(_PROBE, optimized_path=optimized)
+        with open(optimized, "rb") as f:
+            # The op, not the domain: ORT lists com.microsoft.nchwc among every saved model's
+            # opsets, on ARM64 builds too; only a rewritten Conv gains a ReorderOutput node.
+            return b"ReorderOutput" in f.read()
 
 
 def is_onnxruntime_error(exc: BaseException) -> bool:
     """ONNX Runtime raises its own Fail, InvalidArgument, InvalidGraph...: no common base class
     but their module."""
     return type(exc).__module__.startswith("onnxruntime")
+
+
+def bundle_nchwc(manifest) -> bool:
+    """Whether the bundle's target runs convolutions in ORT's NCHWc layout (older bundles: yes)."""
+    return manifest.data.get("target", {}).get("nchwc", True) is not False
+
+
+def this_target(manifest) -> dict:
+    """What this machine runs a bundle's sessions as: its CPU, whether convolutions run in NCHWc
+    (the bundle's setting and this ORT's kernels together) and its ONNX Runtime."""
+    return {"arch": machine_arch(), "nchwc": bundle_nchwc(manifest) and nchwc_available(),
+            "onnxruntime": ort.__version__}
+
+
+def target_mismatch(manifest, found: dict, who: str) -> str | None:
+    """Why a machine that reported `found` (see `this_target`) cannot run the bundle bit-exactly,
+    or None when it can."""
+    wanted = manifest.data.get("target", {"arch": found.get("arch"), "nchwc": True})
+    want = {"arch": wanted.get("arch"), "nchwc": wanted.get("nchwc", True) is not False,
+            "onnxruntime": manifest.data["onnxruntime"]}
+    if {k: found.get(k) for k in want} == want:
+        return None
+
+    def kind(t: dict) -> str:
+        return f"{t.get('arch')} {'with' if t.get('nchwc') else 'without'} NCHWc, onnxruntime {t.get('onnxruntime')}"
+
+    return (f"{who} is {kind(found)}; the bundle was compiled for {kind(want)}: its strips are bit-exact only "
+            "there (compile for this machine with --arch, or accept ~1e-6 differences with --allow-inexact)")
 
 
 def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
@@ -41,7 +104,7 @@ def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
     for f in files:
         path = manifest.path(device, f)
         try:
-            sessions[f] = make_session(str(path), threads)
+            sessions[f] = make_session(str(path), threads, nchwc=bundle_nchwc(manifest))
         except Exception as exc:
             if not is_onnxruntime_error(exc):
                 raise

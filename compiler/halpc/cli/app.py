@@ -20,6 +20,14 @@ input_shape = click.option(
     help="Fix an input's shape, e.g. images=1x3x320x320 (needed for dynamic dims).",
 )
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+arch_option = click.option(
+    "--arch", type=click.Choice(("x86_64", "x86_64-nonchwc", "aarch64")),
+    help="The devices' target: aarch64 (Raspberry Pi, Jetson CPU), x86_64 (ONNX Runtime's NCHWc kernels) "
+         "or x86_64-nonchwc; default: each device's arch in the cluster file, else this machine's.")
+allow_inexact = click.option(
+    "--allow-inexact", is_flag=True,
+    help="Use devices of another target than the host's, or a plan whose strips round differently on the "
+         "target: outputs then differ from the unsplit model's by about 1e-6 (float).")
 
 
 def progress(quiet: bool, as_json: bool = False) -> TerminalProgress:

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from halpc.cli.app import cli, input_shape, load_trunk, progress, quiet
+from halpc.cli.app import allow_inexact, arch_option, cli, input_shape, load_trunk, progress, quiet
 from halpc.planner.names import SOURCE_BASELINES, SOURCE_STRATEGIES, STRATEGIES
 
 
@@ -47,12 +47,14 @@ def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
 @click.option("--fallback-plans", "spares", is_flag=True,
               help="Also plan without each helper device: while one is down the host splits over "
                    "the others (otherwise it runs the unsplit model alone).")
+@arch_option
+@allow_inexact
 @input_shape
 @quiet
 def compile(model: str | None, cluster_file: str, output: str, strategy: str, plan_file: str | None,
             bandwidths: str | None, variants: tuple[str, ...], accuracy: float | None,
-            deadline_ms: float | None, insecure: bool, spares: bool, input_shapes: tuple[str, ...],
-            quiet: bool) -> None:
+            deadline_ms: float | None, insecure: bool, spares: bool, arch: str | None, allow_inexact: bool,
+            input_shapes: tuple[str, ...], quiet: bool) -> None:
     """Plan the split of MODEL over the cluster and write one folder per device (each with its
     own CURVE key pair, unless --insecure)."""
     from halpc.cli.options import parse_bandwidths, parse_input_shapes, parse_variant
@@ -65,8 +67,13 @@ def compile(model: str | None, cluster_file: str, output: str, strategy: str, pl
             model, cluster_file, output, strategy, plan_file, parse_input_shapes(input_shapes),
             accuracy=accuracy, variants=[parse_variant(v) for v in variants],
             bandwidths=parse_bandwidths(bandwidths) if bandwidths else (), deadline_ms=deadline_ms,
-            insecure=insecure, spares=spares, progress=say,
+            insecure=insecure, spares=spares, arch=arch, allow_inexact=allow_inexact, progress=say,
         )
+    for note in result.notes:
+        click.echo(f"halpc: note: {note}", err=True)
+    if allow_inexact:
+        click.echo("halpc: WARNING: --allow-inexact: outputs may differ from the unsplit model's (by about "
+                   "1e-6 for float models): this bundle is not bit-exact", err=True)
     if insecure:
         click.echo("halpc: WARNING: --insecure: no keys; anyone who reaches the devices' ports can send "
                    "them work and read every tensor in transit", err=True)
@@ -89,16 +96,21 @@ def compile(model: str | None, cluster_file: str, output: str, strategy: str, pl
               help="Only for a cluster of several sources: seconds of frames to simulate.")
 @click.option("--arrivals", default="periodic", show_default=True, type=click.Choice(("periodic", "poisson")),
               help="Only for a cluster of several sources: frames every 1/rate_hz (with jitter) or at random.")
+@arch_option
 @input_shape
 @quiet
 def plan(model: str | None, cluster_file: str, strategy: str, as_json: bool, report: str | None,
-         horizon_s: float, arrivals: str, input_shapes: tuple[str, ...], quiet: bool) -> None:
+         horizon_s: float, arrivals: str, arch: str | None, input_shapes: tuple[str, ...], quiet: bool) -> None:
     """Compare planning strategies: predicted latency, speedup over local, blocks and shares; for a
     cluster of several sources (MODEL left out), how they share the helpers: latency per source."""
     from halpc.cli.options import parse_input_shapes
     from halpc.inputs.cluster import load_cluster
 
-    cluster = load_cluster(cluster_file)
+    from halpc.compile import targeted
+
+    cluster, notes = targeted(load_cluster(cluster_file), arch, allow_inexact=False)
+    for note in notes:
+        click.echo(f"halpc: note: {note}", err=True)
     if cluster.sources:
         from halpc.present.sources_report import sources_table, write_sources_report
         from halpc.whatif.sources import plan_sharing, sharing_json

@@ -6,26 +6,46 @@ import sys
 
 import click
 
-from halpc.cli.app import cli, progress, quiet
+from halpc.cli.app import allow_inexact, cli, progress, quiet
 from halpc.host.adapt import POLICIES
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--input", "input_file", type=click.Path(dir_okay=False),
               help="Input as .npy (one input) or .npz (one array per input name).")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1),
               help="Number of seeded random inputs, when no --input is given.")
+@click.option("--emulate", is_flag=True,
+              help="Run in the emulated ARM64 environment (`make arm64-env`; the default for a bundle compiled "
+                   "for aarch64 on a machine of another kind).")
 @quiet
-def verify(bundle: str, input_file: str | None, seeds: int, quiet: bool) -> None:
-    """Run every device's part in this process; exit 0 only if outputs are bit-exact."""
+def verify(bundles: tuple[str, ...], input_file: str | None, seeds: int, emulate: bool, quiet: bool) -> None:
+    """Run every device's part in this process; exit 0 only if every bundle's outputs are bit-exact."""
+    from pathlib import Path
+
+    from halpc.host.emulation import needs_emulation, run_halpc
     from halpc.host.verify import verify as run_verify
     from halpc.present.tables import verify_table
 
-    with progress(quiet) as say:
-        checks = run_verify(bundle, input_file, seeds, progress=say)
-    click.echo(verify_table(checks))
-    if not checks or not all(c.exact for c in checks):
+    emulated = [b for b in bundles if emulate or needs_emulation(b)]
+    exact = True
+    if emulated:
+        inner = ["verify", *emulated, "--seeds", str(seeds), "--quiet", *(["--input", input_file] if input_file else [])]
+        proc = run_halpc(inner, [Path(b) for b in emulated] + ([Path(input_file).parent] if input_file else []))
+        click.echo(proc.stdout, nl=False)
+        click.echo(proc.stderr, nl=False, err=True)
+        if proc.returncode not in (0, 1):
+            sys.exit(proc.returncode)
+        exact = proc.returncode == 0
+    for bundle in (b for b in bundles if b not in emulated):
+        with progress(quiet) as say:
+            checks = run_verify(bundle, input_file, seeds, progress=say)
+        if len(bundles) > 1:
+            click.echo(f"{bundle}:")
+        click.echo(verify_table(checks))
+        exact &= bool(checks) and all(c.exact for c in checks)
+    if not exact:
         sys.exit(1)
 
 
@@ -66,11 +86,12 @@ def verify(bundle: str, input_file: str | None, seeds: int, quiet: bool) -> None
 @click.option("--barrier", hidden=True, metavar="DIR,N",
               help="Start the first timed task once N runs have written their name into DIR (runs of "
                    "several sources started together by `halpc run --spawn`).")
+@allow_inexact
 @quiet
 def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int, in_flight: int,
         check: bool, spawn: bool, as_json: bool, report: str | None, warmup: int, timeout: float,
         bind: str | None, policy: str | None, deadline_ms: float | None, period_ms: float | None,
-        source: str | None, barrier: str | None, quiet: bool) -> None:
+        source: str | None, barrier: str | None, allow_inexact: bool, quiet: bool) -> None:
     """Run BUNDLE from the host, its devices' stubs serving; print latency and throughput."""
     from halpc.cli.options import parse_barrier
     from halpc.host.run import local_popen, meet, run as run_bundle, run_sources
@@ -104,7 +125,7 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
                              deadline_s=deadline_ms / 1e3 if deadline_ms else None,
                              period_s=period_ms / 1e3 if period_ms else None, source=source,
                              on_start=(lambda: meet(*barrier_at, manifest.host.name)) if barrier_at else None,
-                             progress=say)
+                             progress=say, allow_inexact=allow_inexact)
     if output_file is not None:
         save_outputs(output_file, summary.results[-1].outputs)
     if report is not None:

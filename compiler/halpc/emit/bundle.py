@@ -23,6 +23,7 @@ import zmq
 import halpc
 from halpc.inputs.cluster import Cluster
 from halpc.emit.layout import reference_layout
+from halpc.inputs.target import cluster_target
 from halpc.planner.schedule import Schedule, build_schedule
 from halpc.emit.subgraph import strip_model, tail_model
 from halpc.errors import HalpcError
@@ -220,7 +221,7 @@ def _write_keys(root: Path, cluster: Cluster) -> dict[str, str]:
 def _write_plan(entry: PlanEntry, cluster: Cluster, artifacts: _Artifacts, prefix: str):
     """Write one plan's strip models (and tail); its programs name the files they run."""
     trunk, host = entry.trunk, entry.host or cluster.host.name
-    layout = reference_layout(trunk)
+    layout = reference_layout(trunk, cluster_target(cluster))
     names = cluster.view(host).names if entry.host else cluster.names
     schedule = build_schedule(trunk, entry.plan, list(names), host)
     files: dict[tuple[str, str], str] = {}
@@ -289,14 +290,18 @@ def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
     from halpc.planner.context import context  # the planner builds on emit
 
     costs = context(trunk, cluster)
+    target = cluster_target(cluster)
     return {
         "format": FORMAT,
         "created_by": f"halpc {halpc.__version__}",
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
+        # What the strips were made exact for; every device must be it (checked at connect).
+        "target": {"name": target.name, "arch": target.arch, "nchwc": target.nchwc,
+                   "exact": all((d.arch or target.name) == target.name for d in cluster.devices)},
         "devices": [
             {"name": d.name, "host": d.host or d.source, "address": d.address, "threads": d.threads,
-             **({"source": True} if d.source else {})}
+             "arch": d.arch or target.name, **({"source": True} if d.source else {})}
             for d in cluster.devices
         ],
         "cluster": cluster.to_dict(),

@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from halpc.errors import HalpcError
+from halpc.inputs.target import Target, this_machine
 from halpc.analyse.trunk import Trunk
 from halpc_stub.session import make_session
 
@@ -29,6 +30,7 @@ POOLS = frozenset(("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "Glo
 @dataclass(frozen=True)
 class ReferenceLayout:
     blocked: frozenset[str]  # first outputs of the layers ORT ran as NCHWc kernels
+    active: bool = True  # the target rewrites to NCHWc at all (else nothing here applies)
 
     def needs_blocked_input(self, consumer: onnx.NodeProto) -> bool:
         """The layer ran on NCHWc inputs unsplit; a Conv converts its input by itself."""
@@ -36,10 +38,19 @@ class ReferenceLayout:
 
     def needs_opaque_input(self, consumer: onnx.NodeProto) -> bool:
         """A pool ORT left plain because it could not see its input's channels; keep it so."""
-        return consumer.op_type in POOLS and consumer.output[0] not in self.blocked
+        return self.active and consumer.op_type in POOLS and consumer.output[0] not in self.blocked
 
 
-def reference_layout(trunk: Trunk) -> ReferenceLayout:
+def reference_layout(trunk: Trunk, target: Target | None = None) -> ReferenceLayout:
+    """What ORT's NCHWc rewrite did to the unsplit model on `target` (default: this machine),
+    asked of this machine's ORT; a target without NCHWc has nothing to keep."""
+    target = target or this_machine()
+    if not target.nchwc:
+        return ReferenceLayout(frozenset(), active=False)
+    if not this_machine().nchwc:
+        raise HalpcError(f"the target {target.name} rewrites convolutions to NCHWc, which this machine's "
+                         "ONNX Runtime does not: compile for it on an x86-64 machine, or for "
+                         "x86_64-nonchwc", option="arch")
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         try:

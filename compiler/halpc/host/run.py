@@ -34,7 +34,7 @@ from halpc.host.verify import OutputCheck, compare_output
 from halpc_stub import clock
 from halpc_stub.host import Fault, HostSession, TaskResult
 from halpc_stub.manifest import Manifest, load_manifest
-from halpc_stub.session import make_session
+from halpc_stub.session import bundle_nchwc, make_session
 
 Popen = Callable[..., subprocess.Popen]
 
@@ -46,8 +46,8 @@ def local_popen(device: str, argv: list[str], **kwargs: Any) -> subprocess.Popen
 class Stubs:
     """Stub processes started by `spawn_stubs`; their stderr goes to files, never a full pipe."""
 
-    def __init__(self, manifest: Manifest, popen: Popen, stdout: Any = None) -> None:
-        self.manifest, self.popen, self.stdout = manifest, popen, stdout
+    def __init__(self, manifest: Manifest, popen: Popen, stdout: Any = None, args: tuple[str, ...] = ()) -> None:
+        self.manifest, self.popen, self.stdout, self.args = manifest, popen, stdout, args
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Any] = {}
 
@@ -56,7 +56,7 @@ class Stubs:
         if device not in self.logs:
             self.logs[device] = tempfile.TemporaryFile()
         env = {**os.environ, "HALPC_PYTHON": sys.executable}
-        argv = [str(self.manifest.path(device, "launch.sh"))]
+        argv = [str(self.manifest.path(device, "launch.sh")), *self.args]
         self.procs[device] = self.popen(device, argv, stdout=self.stdout, stderr=self.logs[device], env=env)
 
     def log(self, device: str) -> str:
@@ -74,11 +74,11 @@ class Stubs:
 
 @contextlib.contextmanager
 def spawn_stubs(bundle: str | Path, manifest: Manifest, popen: Popen = local_popen,
-                stdout: Any = None) -> Iterator[Stubs]:
+                stdout: Any = None, args: tuple[str, ...] = ()) -> Iterator[Stubs]:
     """Start every device's stub with its own launch.sh, as on a board; stop them all on exit.
     (Of a source's view of a bundle of several sources: the helpers of its plans, not the
     other sources, which are hosts.)"""
-    stubs = Stubs(manifest, popen, stdout)
+    stubs = Stubs(manifest, popen, stdout, args)
     try:
         for device in manifest.workers:
             stubs.start(device)
@@ -220,6 +220,7 @@ def run(
     on_start: Callable[[], None] | None = None,
     source: str | None = None,
     progress: Progress = silent,
+    allow_inexact: bool = False,
 ) -> RunSummary:
     """Run one task per input, after `warmup` untimed tasks of every plan; `check` also runs
     the unsplit model(s) on the host and compares. Tasks are numbered from 0 in `results`
@@ -228,8 +229,9 @@ def run(
     camera). `on_start` is called just before the first timed task. In a bundle of several
     sources the host runs as `source`, with that source's plans."""
     progress("loading the host's models")
-    host = HostSession(bundle, bind=bind, timeout_s=timeout_s, source=source)
-    with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout) if spawn
+    host = HostSession(bundle, bind=bind, timeout_s=timeout_s, source=source, allow_inexact=allow_inexact)
+    with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout, ("--allow-inexact",) if allow_inexact else ())
+                if spawn
                 else contextlib.nullcontext()) as stubs:
         controller = Controller(host, policy, deadline_s) if policy else None  # checks the policy fits
         progress("waiting for the devices" + (" (starting their stubs)" if spawn else ""))
@@ -314,7 +316,7 @@ def meet(folder: str, expected: int, name: str, timeout_s: float = 120.0) -> Non
 
 def _reference_times(manifest: Manifest, inputs: list[dict[str, np.ndarray]]) -> list[float]:
     """The default plan's unsplit model's time per input on the host."""
-    session = make_session(str(manifest.reference_model()), manifest.host.threads)
+    session = make_session(str(manifest.reference_model()), manifest.host.threads, nchwc=bundle_nchwc(manifest))
     names = manifest.outputs
     session.run(names, inputs[0])  # warm-up, as the stubs' sessions are warm after one task
     seconds = []
@@ -335,7 +337,7 @@ def _check(manifest: Manifest, inputs: list[dict[str, np.ndarray]], results: lis
         plan = manifest.plan(result.plan)
         path = plan.reference_model()
         if path not in sessions:
-            sessions[path] = make_session(str(path), manifest.host.threads)
+            sessions[path] = make_session(str(path), manifest.host.threads, nchwc=bundle_nchwc(manifest))
         key = (path, id(arrays))
         if key not in expected:
             expected[key] = dict(zip(plan.outputs, sessions[path].run(plan.outputs, arrays)))

@@ -17,7 +17,7 @@ from halpc.errors import HalpcError
 from halpc.progress import Progress, silent
 from halpc_stub.executor import host_store, run_program
 from halpc_stub.manifest import Manifest, load_manifest
-from halpc_stub.session import is_onnxruntime_error, make_session
+from halpc_stub.session import bundle_nchwc, is_onnxruntime_error, make_session, target_mismatch, this_target
 from halpc_stub.errors import BundleError
 from halpc_stub.store import MissingRows, RowStore
 
@@ -149,12 +149,16 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
             f"{bundle}: compiled with onnxruntime {manifest.data['onnxruntime']}, this is "
             f"{onnxruntime.__version__}; bit-exactness is a property of one build, install that one"
         )
+    if why := target_mismatch(manifest, this_target(manifest), "this machine"):
+        raise HalpcError(f"{bundle}: {why}; verify an aarch64 bundle in the emulated ARM64 environment, or on "
+                         "a board")
+    nchwc = bundle_nchwc(manifest)
     cache: dict[tuple[str, str], object] = {}
 
     def sessions(device, file: str):
         key = (device.name, file)
         if key not in cache:
-            cache[key] = make_session(str(manifest.path(device.name, file)), device.threads)
+            cache[key] = make_session(str(manifest.path(device.name, file)), device.threads, nchwc=nchwc)
         return cache[key]
 
     def cases(plan: Manifest) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -172,7 +176,7 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
             progress(f"plan {plan.id}: {case}" if len(plans) > 1 else case)
             try:
                 if path not in references:
-                    references[path] = make_session(str(path), plan.host.threads)
+                    references[path] = make_session(str(path), plan.host.threads, nchwc=nchwc)
                 reference = references[path]
                 expected = dict(zip(plan.outputs, reference.run(plan.outputs, inputs)))
                 got = run_bundle(plan, inputs, sessions)

@@ -12,6 +12,8 @@ A cluster file is TOML::
     address = "127.0.0.1:5701"  # HOST:PORT (IPv4, hostname, or [IPv6]:PORT), port 1..65535
     gmacs = 8.0               # sustained conv throughput in GMAC/s (required unless profile is given)
     threads = 1               # ONNX Runtime intra-op threads (optional, default 1)
+    # arch = "aarch64"        # its CPU and ONNX Runtime kernels: aarch64 (Raspberry Pi, Jetson), x86_64, or
+                              # x86_64-nonchwc; default: the machine that compiles (or halpc compile --arch)
     # profile = "pi4.json"    # optional measured device profile, relative to this file's folder
 
     [[device]]
@@ -108,6 +110,7 @@ class Device:
     source: bool = False  # a camera of a cluster of several sources, with its model and frame rate
     model: str | None = None
     rate_hz: float | None = None
+    arch: str | None = None  # its target (inputs.target.TARGETS); None: the compile's default
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ class Cluster:
             if d.gmacs is not None:
                 entry["gmacs"] = d.gmacs
             entry["threads"] = d.threads
+            if d.arch is not None:
+                entry["arch"] = d.arch
             if d.profile is not None:
                 entry["profile"] = d.profile
             devices.append(entry)
@@ -311,7 +316,7 @@ def _build(doc: Any, source: str, base_dir: str | os.PathLike[str] | None) -> Cl
     valid = validate_cluster(doc, source)
     net = valid.network
     devices = [Device(d.name, d.host, d.address, d.gmacs, d.threads, _resolve(d.profile, base_dir), d.source,
-                      _resolve(d.model, base_dir), d.rate_hz) for d in valid.device]
+                      _resolve(d.model, base_dir), d.rate_hz, d.arch) for d in valid.device]
     sources = [d for d in devices if d.source]
     if sources:  # the first source stands as the host of the whole (`Cluster.view` gives each its own)
         devices[devices.index(sources[0])] = dataclasses.replace(sources[0], host=True)

@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -162,6 +162,7 @@ class DeviceEntry(_Table):
     profile: FilePath | None = None
     gmacs: Positive | None = None  # required unless there is a profile (a relation)
     threads: Annotated[int, Field(ge=1)] = 1
+    arch: Literal["x86_64", "x86_64-nonchwc", "aarch64"] | None = None
     source: bool = False
     model: FilePath | None = None  # a source's (relations)
     rate_hz: Positive | None = None
@@ -203,6 +204,8 @@ RULES: dict[str, Rule] = {
                            "e.g. gmacs = 8.0"),
     "device[].threads": Rule("must be a positive whole number, got {got}; give the ONNX Runtime intra-op thread "
                              "count, e.g. threads = 1"),
+    "device[].arch": Rule("must be the device's target, got {got}; write arch = \"aarch64\" (Raspberry Pi, Jetson), "
+                          "\"x86_64\" or \"x86_64-nonchwc\""),
     "device[].source": Rule("must be true or false, got {got}; write source = true on each camera"),
     "device[].model": Rule("must be the path of the source's ONNX model, got {got}; write e.g. "
                            'model = "mobilenet.onnx" (relative to the cluster file)'),

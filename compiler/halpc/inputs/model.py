@@ -9,6 +9,7 @@ file is kept byte for byte: it is the reference `verify` compares against.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,12 +200,45 @@ def _fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     onnxruntime.set_default_logger_severity(3)
     graph = gs.import_onnx(proto)
-    graph.fold_constants(error_ok=True).cleanup().toposort()
+    graph.fold_constants(error_ok=True).cleanup()
     folded = gs.export_onnx(graph, do_type_check=False)
+    _sort_stably(folded.graph)
     folded.ir_version = proto.ir_version
     del folded.opset_import[:]
     folded.opset_import.extend(proto.opset_import)
     return folded
+
+
+def _sort_stably(graph: onnx.GraphProto) -> None:
+    """Topological order that keeps the file's own order wherever it is already valid.
+
+    The order matters for exactness: where an Add sums two Convs, ONNX Runtime fuses it into
+    whichever Conv it meets first, and the sum rounds differently (off NCHWc) depending on which
+    one adds the other's result into its GEMM. Strips are emitted in trunk order, so the trunk must
+    keep the unsplit model's order (onnx-graphsurgeon's depth-first toposort does not).
+    """
+    produced = {out for node in graph.node for out in node.output}
+    waiting = [{i for i in node.input if i in produced} for node in graph.node]
+    consumers: dict[str, list[int]] = {}
+    for index, needs in enumerate(waiting):
+        for tensor in needs:
+            consumers.setdefault(tensor, []).append(index)
+    ready = [index for index, needs in enumerate(waiting) if not needs]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for tensor in graph.node[index].output:
+            for consumer in consumers.get(tensor, []):
+                waiting[consumer].discard(tensor)
+                if not waiting[consumer]:
+                    heapq.heappush(ready, consumer)
+    if len(order) < len(graph.node):
+        raise HalpcError(f"graph {graph.name!r} has a cycle: its nodes cannot be put in order")
+    nodes = [graph.node[index] for index in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def tensor_shapes(proto: onnx.ModelProto) -> dict[str, tuple[Shape | None, int]]:

@@ -12,7 +12,9 @@ from halpc.analyse.strips import BlockIO, block_io
 from halpc.analyse.trunk import Trunk
 from halpc.inputs.cluster import Cluster
 from halpc.inputs.profile_file import load_profile
+from halpc.inputs.target import TARGETS, Target, cluster_target
 from halpc.planner.cost import cluster_transfer, play, step_seconds
+from halpc.planner.legal import Legal
 from halpc.planner.plan import BlockPlan, Strip
 from halpc.planner.schedule import Scheduler, StripJob, block_jobs
 
@@ -49,14 +51,16 @@ def device_speeds(cluster: Cluster) -> dict[str, float]:
     return {name: c.gmacs for name, c in device_costs(cluster).items()}
 
 
-def context(trunk: Trunk, cluster: Cluster) -> Context:
+def context(trunk: Trunk, cluster: Cluster, target: Target | None = None) -> Context:
     """A measured profile also gives the fixed costs of a model run, of reading its weights and
-    of a message, which dominate when a plan has many thin strips."""
+    of a message, which dominate when a plan has many thin strips. Strips are planned for
+    `target` (default: the cluster's, see `inputs.target.cluster_target`)."""
     costs = device_costs(cluster)
     return Context(trunk, cluster, {d: c.gmacs for d, c in costs.items()},
                    {d: c.run_overhead_s for d, c in costs.items() if c.run_overhead_s},
                    {d: c.weight_gbps for d, c in costs.items() if c.weight_gbps is not None},
-                   {d: c.message_overhead_s for d, c in costs.items() if c.message_overhead_s})
+                   {d: c.message_overhead_s for d, c in costs.items() if c.message_overhead_s},
+                   target=target or cluster_target(cluster))
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Context:
     overheads: dict[str, float] = field(default_factory=dict)  # seconds per model run
     weight_rates: dict[str, float] = field(default_factory=dict)  # GB/s reading weights
     message_overheads: dict[str, float] = field(default_factory=dict)  # seconds per message
+    target: Target = TARGETS["x86_64"]  # what the strips must stay exact on
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     _alone: dict = field(default_factory=dict)  # makespan of a block on its own
@@ -77,6 +82,7 @@ class Context:
     def __post_init__(self) -> None:
         self.tensor_specs = tensor_specs(self.trunk)
         self.transfer = cluster_transfer(self.cluster)
+        self.legal = Legal(self.trunk, self.cluster, self.target)
 
     @property
     def positions(self) -> list[int]:

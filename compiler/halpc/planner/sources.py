@@ -167,13 +167,14 @@ def _plan(trunk: Trunk, cluster: Cluster, c: Cutting, assignment: Mapping[game.K
         if strips and strips[-1].device == device:  # neighbours on one node: one strip, no halo between
             a = strips.pop().rows[0]
         strips.append(Strip(device, (a, b)))
-    blocks = [BlockPlan(0, c.cut, tuple(strips))]
+    ctx = context(trunk, cluster.view(c.source))
+    blocks = [BlockPlan(0, c.cut, ctx.legal.strips(0, c.cut, tuple(strips)))]  # exact on the target
     end = len(trunk.layers)
     if c.cut < end:
         rows = trunk.tensors[block_io(trunk, c.cut, end).reference].rows
         blocks.append(BlockPlan(c.cut, end, (Strip(c.source, (0, rows)),)))
     plan = Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), tuple(blocks))
-    alone = predict(context(trunk, cluster.view(c.source)), plan).latency_s
+    alone = predict(ctx, plan).latency_s
     # latency_ms: this frame on idle nodes (the timeline); shared_ms: the matching's model,
     # with the other sources' work queued on the same nodes.
     return Plan(strategy, plan.model_sha256, plan.input_shapes, plan.blocks,

@@ -71,19 +71,20 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
 
 
 def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan:
+    """The plan of `blocks`, every strip exact on the target (see `legal`)."""
     trunk = ctx.trunk
-    return Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), tuple(blocks),
-                exchange=exchange)
+    blocks = tuple(BlockPlan(b.start, b.stop, ctx.legal.strips(b.start, b.stop, b.strips)) for b in blocks)
+    return Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), blocks, exchange=exchange)
 
 
 def _layouts(ctx: Context, strategy: str):
     """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
     worse than local); halp may also choose host-assisted strips (so it is never worse than
-    dpfp). All under the cost model."""
+    dpfp). All under the cost model, each layout made exact on the target before it is costed."""
     choosers = [layouts.host_only, layouts.contiguous]
     if strategy == "halp":
         choosers += [layouts.boundary_first]
-    return [lru_cache(maxsize=None)(lambda a, b, f=f: f(ctx, a, b)) for f in choosers]
+    return [lru_cache(maxsize=None)(lambda a, b, f=f: ctx.legal.strips(a, b, f(ctx, a, b))) for f in choosers]
 
 
 def _ftp(ctx: Context) -> list[BlockPlan]:
@@ -93,7 +94,7 @@ def _ftp(ctx: Context) -> list[BlockPlan]:
     host = ctx.cluster.host.name
     best = None
     for cut in ctx.positions[1:]:
-        fused = BlockPlan(0, cut, layouts.contiguous(ctx, 0, cut, balance=False))
+        fused = BlockPlan(0, cut, ctx.legal.strips(0, cut, layouts.contiguous(ctx, 0, cut, balance=False)))
         blocks = [fused]
         if cut < end:
             rows = trunk.tensors[block_io(trunk, cut, end).reference].rows
