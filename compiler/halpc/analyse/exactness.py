@@ -24,6 +24,7 @@ from halpc.analyse.ops import Layer, attr
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, StripRows
 from halpc.analyse.trunk import Trunk
+from halpc.inputs.model import tensor_shapes
 from halpc.inputs.target import Target
 
 # Element-wise ops whose last (n mod 4) elements may round differently (Eigen packet body, scalar
@@ -46,13 +47,19 @@ def conv_geometry(trunk: Trunk, layer: Layer) -> mlas_rules.ConvGeometry:
     """A trunk Conv as ONNX Runtime hands it to MlasConvPrepare."""
     x = trunk.tensors[layer.fmaps[0]].shape
     y = trunk.tensors[layer.outputs[0]].shape
-    weight = next(i for i in trunk.model.graph.initializer if i.name == layer.node.input[1])
-    kernel = tuple(attr(layer.node, "kernel_shape", list(weight.dims[2:])))
+    kernel = tuple(attr(layer.node, "kernel_shape", list(_weight_dims(trunk, layer.node.input[1])[2:])))
     assert layer.pads is not None
     return mlas_rules.ConvGeometry(
         in_channels=x[1], out_channels=y[1], kernel=kernel, in_h=x[2], in_w=x[3],
         stride=tuple(attr(layer.node, "strides", [1, 1])), dilation=tuple(attr(layer.node, "dilations", [1, 1])),
         pads=tuple(layer.pads), group=attr(layer.node, "group", 1), out_h=y[2], out_w=y[3])
+
+
+def _weight_dims(trunk: Trunk, name: str) -> tuple[int, ...]:
+    for init in trunk.model.graph.initializer:
+        if init.name == name:
+            return tuple(init.dims)
+    return tensor_shapes(trunk.model.proto)[name][0] or ()  # a QDQ model's DequantizeLinear output
 
 
 class ExactnessRules:
@@ -81,7 +88,7 @@ class ExactnessRules:
         arch = self.target.arch
         if layer.op_type in TAIL_SENSITIVE.get(arch, ()):
             return self._tail(layer, out, total, threads)
-        if layer.op_type == "Conv" and self.target.mlas is not None:
+        if layer.op_type == "Conv" and self.target.mlas is not None and layer.position not in self.trunk.integer:
             if not self._conv(layer.position, out, threads.reference, threads.strip):
                 return (f"its im2col + SGEMM K-blocks on {self.target.name} differ from the unsplit conv's "
                         f"({threads.strip} thread(s) here, {threads.reference} for the reference)")

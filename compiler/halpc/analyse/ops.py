@@ -25,6 +25,26 @@ BINARY = frozenset("Add Sub Mul Div Pow Max Min Sum Mean".split())
 WINDOW = frozenset("Conv MaxPool AveragePool LpPool".split())
 UPSAMPLE = frozenset(("Resize", "Upsample"))
 CHANNEL_AXIS_OPS = frozenset(("Concat", "Split", "Softmax", "LogSoftmax", "Hardmax"))
+# Quantized models (QOperator form): the integer twins of the ops above, each a row-local op whose
+# scales and zero points are constants. Integer convolutions accumulate exactly, so their strips
+# are exact on every CPU. ONNX Runtime's contrib ops live in the com.microsoft domain.
+QUANTIZE = frozenset(("QuantizeLinear", "DequantizeLinear"))
+QUANT_WINDOW = frozenset(("QLinearConv", "ConvInteger", "QLinearAveragePool"))
+QUANT_UNARY = frozenset(("QLinearSigmoid", "QLinearLeakyRelu"))
+QUANT_BINARY = frozenset(("QLinearAdd", "QLinearMul"))
+CONTRIB = frozenset(("QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAdd", "QLinearMul",
+                     "QLinearConcat"))
+# Where a windowed op keeps its weight: the input that gives a Conv's kernel shape and MACs.
+WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+
+
+# Why an op ends the trunk, where the reason is not just "not row-local" (shown by `inspect`).
+ENDS_TRUNK = {
+    "DynamicQuantizeLinear": "dynamic quantization takes its scale from the whole tensor, which no strip "
+                             "holds; quantize statically (onnxruntime.quantization.quantize_static) to split on",
+    "GlobalAveragePool": "a global pool reads every row",
+    "QLinearGlobalAveragePool": "a global pool reads every row",
+}
 
 
 @dataclass(frozen=True)
@@ -104,7 +124,7 @@ def classify(
     opset: int,
 ) -> Layer | None:
     """The node as a trunk layer, or None when it is not row-local (it goes to the tail)."""
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in ("", "ai.onnx") and not (node.domain == "com.microsoft" and node.op_type in CONTRIB):
         return None
     fmaps = tuple(i for i in node.input if i in tensors)
     if not fmaps or any(i and i not in tensors and i not in inits for i in node.input):
@@ -123,7 +143,7 @@ def classify(
     op = node.op_type
     row_axis = first.row_axis
     window = upsample = pads = None
-    if op in WINDOW:
+    if op in WINDOW or op in QUANT_WINDOW:
         found = _window(node, fmaps, first, out_infos, inits)
         if found is None:
             return None
@@ -137,7 +157,8 @@ def classify(
     elif op == "Transpose":
         perm = attr(node, "perm", list(reversed(range(len(first.shape)))))
         out_row_axis = list(perm).index(row_axis)
-    elif op in UNARY or op in BINARY or op in CHANNEL_AXIS_OPS:
+    elif op in UNARY or op in BINARY or op in CHANNEL_AXIS_OPS or op in QUANTIZE | QUANT_UNARY | QUANT_BINARY \
+            or op == "QLinearConcat":
         if not _pointwise_ok(node, fmaps, first, out_infos, inits, opset):
             return None
         out_row_axis = row_axis
@@ -173,6 +194,14 @@ def _pointwise_ok(node, fmaps, first: TensorInfo, out_infos, inits, opset: int) 
         axis = attr(node, "axis", 0)
         if axis % rank == row_axis or (op == "Concat" and len(fmaps) != len(node.input)):
             return False
+    if op == "QLinearConcat":  # Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input
+        if attr(node, "axis", 0) % rank == row_axis or len(fmaps) != (len(node.input) - 2) // 3:
+            return False
+    if op in QUANTIZE:  # per tensor, or per channel along `axis`
+        axis = attr(node, "axis", 1) % rank
+        if axis == row_axis and any(len(inits[n].dims) > 0 for n in node.input[1:] if n in inits):
+            return False
+        return all(n in inits for n in node.input[1:] if n)
     if op in ("Softmax", "LogSoftmax", "Hardmax"):
         axis = attr(node, "axis", 1 if opset < 13 else -1) % rank
         # Before opset 13 the op flattens axis.. into one reduction: it must start after the rows.
@@ -182,7 +211,7 @@ def _pointwise_ok(node, fmaps, first: TensorInfo, out_infos, inits, opset: int) 
         return row_axis != 1  # both work along axis 1
     # Constant operands broadcast against the feature map: they must not vary along the rows.
     for name in node.input:
-        if name in inits and op in BINARY | {"PRelu"}:
+        if name in inits and op in BINARY | QUANT_BINARY | {"PRelu"}:
             dims = tuple(inits[name].dims)
             if len(dims) > rank:
                 return False
@@ -218,8 +247,8 @@ def _window(node, fmaps, first: TensorInfo, out_infos, inits):
         return None
     if fmaps != (node.input[0],):
         return None  # weights computed from feature maps are not a convolution we can split
-    if node.op_type == "Conv":
-        kernel = list(attr(node, "kernel_shape", list(inits[node.input[1]].dims[2:])))
+    if node.op_type in WEIGHT_INPUT:
+        kernel = list(attr(node, "kernel_shape", list(inits[node.input[WEIGHT_INPUT[node.op_type]]].dims[2:])))
     else:
         kernel = list(attr(node, "kernel_shape", []))
     if len(kernel) != 2:
@@ -298,10 +327,10 @@ def _upsample(node, first: TensorInfo, out_infos, inits, opset: int) -> Upsample
 
 def _macs(node, first: TensorInfo, out_infos, inits) -> int:
     out_elems = sum(int(np.prod(shape)) for shape, _ in out_infos)
-    if node.op_type == "Conv":
-        weight = inits[node.input[1]].dims
+    if node.op_type in WEIGHT_INPUT:
+        weight = inits[node.input[WEIGHT_INPUT[node.op_type]]].dims
         return out_elems * int(np.prod(weight[1:]))
-    if node.op_type in WINDOW:
+    if node.op_type in WINDOW or node.op_type in QUANT_WINDOW:
         return out_elems * int(np.prod(attr(node, "kernel_shape", [1])))
     return out_elems
 

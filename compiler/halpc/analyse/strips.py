@@ -110,12 +110,13 @@ def strip_rows(trunk: Trunk, io: BlockIO, owned: dict[str, Rows]) -> StripRows:
     )
 
 
-def strip_macs(trunk: Trunk, io: BlockIO, rows: StripRows) -> int:
-    """Multiply-accumulates of one strip: each layer's share of its rows, halo included."""
+def strip_macs(trunk: Trunk, io: BlockIO, rows: StripRows, integer: bool = False) -> int:
+    """Multiply-accumulates of one strip: each layer's share of its rows, halo included
+    (`integer`: only those of integer convolutions, `Trunk.integer`)."""
     total = 0
     for layer in io.layers(trunk):
         out = rows.layer_rows.get(layer.position)
-        if out is not None:
+        if out is not None and (not integer or layer.position in trunk.integer):
             produced = layer.rows_produced(out)
             total += layer.macs * (produced[1] - produced[0]) // trunk.tensors[layer.outputs[0]].rows
     return total

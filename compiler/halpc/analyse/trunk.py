@@ -10,6 +10,7 @@ of that one tensor.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -18,7 +19,7 @@ from functools import cached_property
 import numpy as np
 import onnx
 
-from halpc.analyse.ops import UNARY, BINARY, WINDOW, Layer, TensorInfo, attr, classify
+from halpc.analyse.ops import BINARY, ENDS_TRUNK, QUANT_WINDOW, QUANTIZE, UNARY, WINDOW, Layer, TensorInfo, attr, classify
 from halpc.errors import HalpcError
 from halpc.inputs.model import LoadedModel, tensor_shapes
 
@@ -38,6 +39,9 @@ class Trunk:
     cuts: tuple[Cut, ...]
     tail: tuple[onnx.NodeProto, ...]
     receptive_field: dict[str, int] = field(default_factory=dict)
+    # QDQ models: weights given as DequantizeLinear of int8 initializers, by output name. A strip
+    # or the tail that uses one carries the node (ORT fuses it into the integer conv).
+    constants: dict[str, onnx.NodeProto] = field(default_factory=dict)
 
     @property
     def macs(self) -> int:
@@ -67,6 +71,23 @@ class Trunk:
         return self._producers.get(tensor)
 
     @cached_property
+    def integer(self) -> frozenset[int]:
+        """Positions of the layers ONNX Runtime runs as integer convolutions: QLinearConv and
+        ConvInteger, and a QDQ Conv (its input and weight dequantized, its output quantized),
+        which ORT fuses into a QLinearConv. They accumulate in integers, exactly, on any CPU."""
+        found = set()
+        for layer in self.layers:
+            if layer.op_type in QUANT_WINDOW and layer.op_type != "QLinearAveragePool":
+                found.add(layer.position)
+            elif layer.op_type == "Conv" and layer.node.input[1] in self.constants:
+                producer = self.producer(layer.fmaps[0])
+                consumers = [c for c in self.layers if layer.outputs[0] in c.fmaps]
+                if producer is not None and producer.op_type == "DequantizeLinear" and consumers \
+                        and all(c.op_type == "QuantizeLinear" for c in consumers) and layer.outputs[0] not in self.exits:
+                    found.add(layer.position)
+        return frozenset(found)
+
+    @cached_property
     def weight_bytes(self) -> dict[int, int]:
         """Bytes of constant inputs (weights, biases) per layer position: what a run of a strip
         holding the layer reads from memory however few rows it computes."""
@@ -74,6 +95,8 @@ class Trunk:
             init.name: int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
             for init in self.model.graph.initializer
         }
+        for name, node in self.constants.items():
+            sizes[name] = sum(sizes.get(i, 0) for i in node.input)
         return {layer.position: sum(sizes.get(name, 0) for name in layer.node.input) for layer in self.layers}
 
     def __post_init__(self) -> None:
@@ -91,22 +114,31 @@ def analyse(model: LoadedModel) -> Trunk:
     tensors = {spatial_input: TensorInfo(shape, elem_type, row_axis)}
     opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
+    constants = _dequantized_constants(graph, inits)
+    known = {**inits, **{name: _placeholder(name, shapes) for name in constants}}
     layers: list[Layer] = []
     tail: list[onnx.NodeProto] = []
     for node in graph.node:
-        layer = classify(node, len(layers), tensors, shapes, inits, opset)
+        if node.output and node.output[0] in constants:
+            continue
+        layer = classify(node, len(layers), tensors, shapes, known, opset)
         if layer is None:
             tail.append(node)
             continue
         layers.append(layer)
+    layers, host_side = _dequantize_on_host(layers)
+    tail = host_side + tail
     if not any(layer.window is not None for layer in layers):
+        stops = [f"{n.op_type} {n.name or n.output[0]!r}: {ENDS_TRUNK[n.op_type]}" for n in tail
+                 if n.op_type in ENDS_TRUNK and set(n.input) & set(tensors)]
         raise HalpcError(
             f"{model.path}: no spatial layers (Conv or pooling) work on the rows of input "
-            f"{spatial_input!r}; halpc splits CNNs whose first layers are convolutions"
+            f"{spatial_input!r}" + (f" ({stops[0]})" if stops else "; halpc splits CNNs whose first layers are convolutions")
         )
 
     trunk_outputs = {out for layer in layers for out in layer.outputs}
     needed_outside = {i for node in tail for i in node.input} | {o.name for o in graph.output}
+    tail = [node for name, node in constants.items() if name in needed_outside] + tail
     exits = tuple(
         out for layer in layers for out in layer.outputs if out in needed_outside
     )
@@ -119,9 +151,39 @@ def analyse(model: LoadedModel) -> Trunk:
         exits=exits,
         cuts=_cuts(spatial_input, layers),
         tail=tuple(tail),
+        constants=constants,
     )
     trunk.receptive_field.update(_receptive_fields(spatial_input, layers))
     return trunk
+
+
+def _dequantize_on_host(layers: list[Layer]) -> tuple[list[Layer], list[onnx.NodeProto]]:
+    """Trunk layers less the DequantizeLinears whose output only the tail reads: the host
+    gathers the 8-bit rows and dequantizes them itself (a quarter of the bytes on the wire)."""
+    read = {t for layer in layers for t in layer.fmaps}
+    moved = [layer for layer in layers if layer.op_type == "DequantizeLinear" and not read & set(layer.outputs)]
+    if not moved:
+        return layers, []
+    kept = [dataclasses.replace(layer, position=i) for i, layer in enumerate(l for l in layers if l not in moved)]
+    return kept, [layer.node for layer in moved]
+
+
+def _dequantized_constants(graph: onnx.GraphProto, inits: dict) -> dict[str, onnx.NodeProto]:
+    """DequantizeLinear nodes of initializers only (a QDQ model's weights and biases)."""
+    found: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.output) == 1 and all(
+                not i or i in inits for i in node.input):
+            found[node.output[0]] = node
+    return found
+
+
+def _placeholder(name: str, shapes: dict) -> onnx.TensorProto:
+    """A weightless stand-in for a constant, so the row analysis can read its dims."""
+    shape, elem_type = shapes.get(name, (None, 0))
+    placeholder = onnx.TensorProto(name=name, data_type=elem_type or onnx.TensorProto.FLOAT)
+    placeholder.dims.extend(shape or ())
+    return placeholder
 
 
 def _spatial_input(model: LoadedModel, shapes: dict) -> str:
@@ -159,12 +221,12 @@ def _input_row_axis(graph: onnx.GraphProto, name: str) -> int:
             continue
         seen.add(tensor)
         for node in consumers.get(tensor, []):
-            if node.op_type in WINDOW and node.input[0] == tensor:
+            if (node.op_type in WINDOW or node.op_type in QUANT_WINDOW) and node.input[0] == tensor:
                 return axes.index(2)
             if node.op_type == "Transpose":
                 perm = attr(node, "perm", list(reversed(range(4))))
                 frontier.append((node.output[0], [perm.index(a) for a in axes]))
-            elif node.op_type in UNARY or node.op_type in BINARY:
+            elif node.op_type in UNARY or node.op_type in BINARY or node.op_type in QUANTIZE:
                 frontier.append((node.output[0], axes))
     return 2
 
@@ -181,7 +243,8 @@ def _cuts(spatial_input: str, layers: list[Layer]) -> tuple[Cut, ...]:
     seen = {spatial_input}
     for position in range(1, len(layers)):
         live = [t for t, use in last_use.items() if produced_at[t] < position <= use]
-        if len(live) == 1 and live[0] not in seen and not _starts_fusion(live[0], layers[position:]):
+        if len(live) == 1 and live[0] not in seen and not _starts_fusion(live[0], layers[position:]) \
+                and not _dequantized(live[0], layers):
             seen.add(live[0])
             cuts.append(Cut(position, live[0]))
     return tuple(cuts)
@@ -197,12 +260,20 @@ def _starts_fusion(tensor: str, later: list[Layer]) -> bool:
     """
     return any(
         tensor in layer.fmaps
+        and layer.op_type != "DequantizeLinear"  # a quantized tensor: cut before its DQ, see below
         and layer.window is None
         and layer.upsample is None
         and layer.op_type not in ("Concat", "Split", "Transpose")
         and len(set(layer.fmaps)) == 1
         for layer in later
     )
+
+
+def _dequantized(tensor: str, layers: list[Layer]) -> bool:
+    """Whether `tensor` is a DequantizeLinear's output. In a QDQ model ONNX Runtime fuses
+    DQ -> op -> Q into one integer op; a cut between the DQ and its op would leave the op float
+    on one side, so QDQ models are cut on the quantized tensors only (before the DQ)."""
+    return any(tensor in layer.outputs and layer.op_type == "DequantizeLinear" for layer in layers)
 
 
 def _receptive_fields(spatial_input: str, layers: list[Layer]) -> dict[str, int]:

@@ -308,7 +308,8 @@ def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
         "cost": {  # what the planner assumed of each device (for `halpc run` to compare)
             name: {"gmacs": costs.speeds[name], "run_overhead_ms": costs.overheads.get(name, 0.0) * 1e3,
                    "weight_gbps": costs.weight_rates.get(name),
-                   "message_overhead_ms": costs.message_seconds(name) * 1e3}
+                   "message_overhead_ms": costs.message_seconds(name) * 1e3,
+                   **({"int8_gmacs": costs.int8_speeds[name]} if name in costs.int8_speeds else {})}
             for name in cluster.names
         },
     }

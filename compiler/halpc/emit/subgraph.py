@@ -49,7 +49,8 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 class _Anchors:
-    """Identity MaxPools (1x1) that hand a layer its input in ORT's NCHWc layout.
+    """Identity MaxPools (1x1) that hand a layer its input in ORT's NCHWc layout (float tensors
+    only: NCHWc has no integer kernels, and an 8-bit anchor would not even load before opset 12).
 
     See `layout.ReferenceLayout`: a layer that ran on NCHWc inputs in the unsplit model must do so
     in the strip too, but a strip input or a Slice is plain NCHW to ONNX Runtime.
@@ -126,11 +127,15 @@ def strip_model(
             if tensor in layer.fmaps:
                 name_in = read(tensor, rows.needs[(layer.position, tensor)])
                 if name_in != tensor or tensor in rows.inputs:
-                    if layout.needs_blocked_input(layer.node):
+                    if layout.needs_blocked_input(layer.node) and trunk.tensors[tensor].dtype == "float32":
                         name_in = anchor(name_in)
                     elif layout.needs_opaque_input(layer.node) and tensor in rows.inputs:
                         opaque.add(tensor)
                 node.input[i] = name_in
+            elif tensor in trunk.constants and tensor not in used_inits:
+                nodes.insert(0, copy.deepcopy(trunk.constants[tensor]))  # before every use
+                used_inits.update(i for i in trunk.constants[tensor].input if i)
+                used_inits.add(tensor)
             elif tensor:
                 used_inits.add(tensor)
         if layer.window is not None:
@@ -153,7 +158,7 @@ def strip_model(
         name,
         [_graph_input(t, trunk.tensors[t], r, t in opaque) for t, r in rows.inputs.items()],
         [_value_info(t, trunk.tensors[t], r) for t, r in rows.outputs.items()],
-        initializer=[inits[n] for n in sorted(used_inits)] + new_inits,
+        initializer=[inits[n] for n in sorted(used_inits) if n in inits] + new_inits,
     )
     model = helper.make_model(
         graph, opset_imports=list(source.opset_import), producer_name="halpc"
@@ -177,7 +182,9 @@ def _check_rows(trunk: Trunk, rows: StripRows, model: onnx.ModelProto, name: str
             continue
         info = trunk.tensors[tensor]
         dims = value_info.type.tensor_type.shape.dim
-        got = dims[info.row_axis].dim_value if len(dims) > info.row_axis else None
+        if len(dims) <= info.row_axis or not dims[info.row_axis].HasField("dim_value"):
+            continue  # behind a contrib op (QLinearAdd, ...), which ONNX's inference does not know
+        got = dims[info.row_axis].dim_value
         want = rows.held[tensor][1] - rows.held[tensor][0]
         if got != want:
             raise CompilerBug(f"{name}: {tensor} has {got} rows, the plan needs {want}")
@@ -198,7 +205,7 @@ def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
     for original in trunk.tail:
         node = copy.deepcopy(original)
         for i, t in enumerate(node.input):
-            if t in trunk.tensors and layout.needs_blocked_input(original):
+            if t in trunk.tensors and layout.needs_blocked_input(original) and trunk.tensors[t].dtype == "float32":
                 node.input[i] = anchor(t)
             elif t in trunk.tensors and layout.needs_opaque_input(original):
                 opaque.add(t)

@@ -180,6 +180,8 @@ def _fold_and_infer(path: Path, proto: onnx.ModelProto) -> onnx.ModelProto:
             f"{path}: not a valid ONNX model (constant folding failed: {type(exc).__name__} {first}); "
             "is the file damaged? check it with onnx.checker"
         ) from None
+    if any(node.domain == "com.microsoft" for node in proto.graph.node):
+        _shapes_by_running(proto)
     for value_info in list(proto.graph.value_info) + list(proto.graph.output):
         if value_info.type.HasField("tensor_type") and any(
             isinstance(d, str) for d in _dims(value_info)
@@ -188,6 +190,39 @@ def _fold_and_infer(path: Path, proto: onnx.ModelProto) -> onnx.ModelProto:
             # refuses the tensors it needs when they are not.
             logging.getLogger(__name__).debug("tensor %s keeps dynamic dims", value_info.name)
     return proto
+
+
+def _shapes_by_running(proto: onnx.ModelProto) -> None:
+    """Shapes and types of the tensors ONNX's shape inference leaves open behind ONNX Runtime's
+    contrib ops (QLinearAdd, QLinearConcat, ... of quantized models), from one run of the
+    unoptimized model on zeros: the inputs' shapes are static by now, so these are too."""
+    import onnxruntime
+
+    graph = proto.graph
+    known = {v.name for v in list(graph.value_info) + list(graph.output) + list(graph.input)
+             if v.type.tensor_type.HasField("shape") and not any(isinstance(d, str) for d in _dims(v))}
+    missing = [o for node in graph.node for o in node.output if o and o not in known]
+    if not missing:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in missing)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for value in graph.input:
+            elem = value.type.tensor_type.elem_type
+            feeds[value.name] = np.zeros(_dims(value), onnx.helper.tensor_dtype_to_np_dtype(elem))
+        values = session.run(missing, feeds)
+    except Exception as exc:  # ORT's own error types share no base class
+        logging.getLogger(__name__).debug("shapes behind contrib ops left open: %s", exc)
+        return
+    for name, value in zip(missing, values):
+        elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(value.shape)))
 
 
 def _fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:

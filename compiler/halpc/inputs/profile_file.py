@@ -28,6 +28,7 @@ class ProfileDoc(BaseModel):
 
     schema_: Literal["halpc-profile/1"] = Field(alias="schema")  # checked first, for its own message
     gmacs: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    int8_gmacs: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None  # quantized models' convs
     per_run_overhead_ms: _Cost | None = None
     weight_gbps: _Cost | None = None  # None or 0: reading weights costs nothing
     per_message_overhead_ms: _Cost | None = None
@@ -37,6 +38,8 @@ class ProfileDoc(BaseModel):
 _AGAIN = "measure the device again with `halpc profile`"
 _RULES = {
     "gmacs": Rule(f"must be a positive number, got {{got}}; {_AGAIN}", missing=f"missing; {_AGAIN}"),
+    "int8_gmacs": Rule("must be a positive number or null, got {got}; give the board's int8 conv throughput "
+                       "in GMAC/s, or leave it out"),
     "per_run_overhead_ms": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
     "weight_gbps": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
     "per_message_overhead_ms": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),

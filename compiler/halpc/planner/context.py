@@ -27,6 +27,7 @@ class DeviceCosts:
     run_overhead_s: float = 0.0  # per model run
     weight_gbps: float | None = None  # reading a strip's weights from memory (None: free)
     message_overhead_s: float = 0.0  # per message sent or taken in
+    int8_gmacs: float | None = None  # integer convolutions (quantized models); None: gmacs
 
 
 def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
@@ -42,7 +43,8 @@ def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
             return None if value is None else float(value) * scale
 
         costs[d.name] = DeviceCosts(gmacs, figure("per_run_overhead_ms", 1e-3) or 0.0, figure("weight_gbps"),
-                                    figure("per_message_overhead_ms", 1e-3) or 0.0)
+                                    figure("per_message_overhead_ms", 1e-3) or 0.0,
+                                    d.int8_gmacs if d.int8_gmacs is not None else figure("int8_gmacs"))
     return costs
 
 
@@ -60,7 +62,8 @@ def context(trunk: Trunk, cluster: Cluster, target: Target | None = None) -> Con
                    {d: c.run_overhead_s for d, c in costs.items() if c.run_overhead_s},
                    {d: c.weight_gbps for d, c in costs.items() if c.weight_gbps is not None},
                    {d: c.message_overhead_s for d, c in costs.items() if c.message_overhead_s},
-                   target=target or cluster_target(cluster))
+                   target=target or cluster_target(cluster),
+                   int8_speeds={d: c.int8_gmacs for d, c in costs.items() if c.int8_gmacs is not None})
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Context:
     weight_rates: dict[str, float] = field(default_factory=dict)  # GB/s reading weights
     message_overheads: dict[str, float] = field(default_factory=dict)  # seconds per message
     target: Target = TARGETS["x86_64"]  # what the strips must stay exact on
+    int8_speeds: dict[str, float] = field(default_factory=dict)  # GMAC/s of integer convolutions
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     _alone: dict = field(default_factory=dict)  # makespan of a block on its own
@@ -103,7 +107,7 @@ class Context:
 
     def compute_seconds(self, device: str, step: dict) -> float:
         return step_seconds(step, self.speeds[device], self.overheads.get(device, 0.0),
-                            self.weight_rates.get(device))
+                            self.weight_rates.get(device), self.int8_speeds.get(device))
 
     def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
         """Seconds `block` adds to the timeline after `prev`, all devices starting `prev` together.

@@ -50,11 +50,14 @@ class Prediction:
         return sum(e.end - e.start for e in self.events if e.device == device and e.kind == kind)
 
 
-def step_seconds(step: Step, gmacs: float, overhead_s: float = 0.0, weight_gbps: float | None = None) -> float:
-    """A run's time on a device: its MACs at the device's speed, the fixed cost of a run, and,
-    where the device's profile measured it, reading the strip's weights from memory (what
-    dominates a thin strip of a layer with large weights)."""
-    seconds = step["macs"] / (gmacs * 1e9) + overhead_s
+def step_seconds(step: Step, gmacs: float, overhead_s: float = 0.0, weight_gbps: float | None = None,
+                 int8_gmacs: float | None = None) -> float:
+    """A run's time on a device: its MACs at the device's speed (those of integer convolutions at
+    its int8 speed, where known), the fixed cost of a run, and, where the device's profile
+    measured it, reading the strip's weights from memory (what dominates a thin strip of a layer
+    with large weights)."""
+    integer = step.get("int8_macs", 0)
+    seconds = (step["macs"] - integer) / (gmacs * 1e9) + integer / ((int8_gmacs or gmacs) * 1e9) + overhead_s
     if weight_gbps:
         seconds += step.get("weights", 0) / (weight_gbps * 1e9)
     return seconds

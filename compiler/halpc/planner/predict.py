@@ -34,7 +34,7 @@ def predict_bundle(manifest: dict, rates: Mapping[str, float] | None = None,
 
     def compute_seconds(device: str, step: dict) -> float:
         c = cost[device]
-        return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"))
+        return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"), c.get("int8_gmacs"))
 
     return play(manifest["programs"], cluster.host.name, compute_seconds,
                     cluster_transfer(cluster, rates), manifest["tensors"],

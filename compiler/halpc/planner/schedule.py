@@ -39,6 +39,10 @@ class StripJob:
         return strip_macs(self.trunk, self.io, self.rows)
 
     @cached_property
+    def int8_macs(self) -> int:
+        return strip_macs(self.trunk, self.io, self.rows, integer=True)
+
+    @cached_property
     def weights(self) -> int:
         return strip_weights(self.trunk, self.io, self.rows)
 
@@ -145,6 +149,7 @@ class Scheduler:
                 "block": k,
                 "model": job.file,
                 "macs": job.macs,
+                **({"int8_macs": job.int8_macs} if job.int8_macs else {}),
                 # A device reads a block's weights once: its other strips of the block find them
                 # in cache.
                 "weights": 0 if device in charged else job.weights,

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from halpc.compile import Compiled
+from halpc.analyse.ops import ENDS_TRUNK
 from halpc.analyse.trunk import Trunk
 from halpc.host.verify import OutputCheck
 from halpc.inputs.profile_file import full_height_ms
@@ -61,6 +62,8 @@ def trunk_table(trunk: Trunk) -> str:
         f"{len(trunk.cuts)} cut points, exits: {', '.join(trunk.exits)}",
         f"tail       {len(trunk.tail)} nodes on the host"
         + (f" ({', '.join(tail_ops)})" if tail_ops else ""),
+        *(f"ends at    {node.op_type} {node.name or node.output[0]!r}: {ENDS_TRUNK[node.op_type]}"
+          for node in trunk.tail if node.op_type in ENDS_TRUNK and set(node.input) & set(trunk.tensors)),
         "",
         "RF: input rows one output row depends on. cut: the trunk may be cut after this layer.",
         "exit: the tail or a graph output reads this tensor whole.",

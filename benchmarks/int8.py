@@ -1,0 +1,72 @@
+"""Float vs INT8 on slow links: predicted halp speedup over `local` and bytes on the wire per
+frame, the same cluster for both (4 devices of 8 GMAC/s, 2 ms latency), side by side.
+
+The int8 models are the float ones through ONNX Runtime's quantize_static (QOperator form,
+uint8 activations, int8 weights, seeded calibration). The cluster gives no `int8_gmacs`, so an
+integer MAC is charged what a float one is: the difference is the bytes alone.
+
+Run: python benchmarks/int8.py [--models vgg16,resnet18] [--size 224] [--bandwidths 10,25,100]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "examples")]
+
+import models  # noqa: E402
+from quantize import quantize  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
+from halpc.planner.context import context  # noqa: E402
+from halpc.planner.schedule import build_schedule  # noqa: E402
+from halpc.planner.strategies import compare  # noqa: E402
+
+
+def cluster(devices: int, mbps: float):
+    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 2\n"
+    for i in range(devices):
+        name = "host" if i == 0 else f"dev-{i}"
+        text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = 8.0\n'
+        text += "host = true\n" if i == 0 else ""
+    return parse_cluster(text, source="bench")
+
+
+def sent_bytes(trunk, plan, devices: list[str]) -> int:
+    return sum(build_schedule(trunk, plan, devices, "host").traffic.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="vgg16,resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--bandwidths", default="10,25,100")
+    args = parser.parse_args()
+    print(f"halp over {args.devices} devices x 8 GMAC/s: speedup over local, kB sent per frame")
+    print(f"{'model':<10} {'Mbit/s':>7} {'float':>7} {'int8':>7} {'int8/float':>10} {'float kB':>9} {'int8 kB':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(models.build(name, args.size, args.size), str(path))
+            trunks = {"float": analyse(load_model(path)),
+                      "int8": analyse(load_model(quantize(path, Path(tmp) / f"{name}_int8.onnx")))}
+            for mbps in (float(b) for b in args.bandwidths.split(",")):
+                speedup, kilobytes = {}, {}
+                for kind, trunk in trunks.items():
+                    ctx = context(trunk, cluster(args.devices, mbps))
+                    plans = compare(ctx, ("local", "halp"))
+                    speedup[kind] = plans["local"].predicted["latency_ms"] / plans["halp"].predicted["latency_ms"]
+                    kilobytes[kind] = sent_bytes(trunk, plans["halp"], list(ctx.cluster.names)) / 1e3
+                print(f"{name:<10} {mbps:>7g} {speedup['float']:>6.2f}x {speedup['int8']:>6.2f}x "
+                      f"{speedup['int8'] / speedup['float']:>10.2f} {kilobytes['float']:>9.0f} {kilobytes['int8']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()

