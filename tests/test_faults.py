@@ -28,7 +28,7 @@ from halpc_stub import clock, wire
 from halpc_stub.host import HostSession, TaskResult
 from halpc_stub.manifest import load_manifest
 from halpc_stub.serve import StubNode
-from halpc_stub.session import load_sessions, make_session
+from halpc_stub.session import load_sessions, make_session, this_target
 
 LAB_UNAVAILABLE = netlab.available()
 
@@ -191,12 +191,13 @@ def test_a_device_back_with_another_plan_stays_down_and_says_why(tmp_path: Path,
         since = clock.now()
         host.down["dev-1"] = since
         for k in range(3):  # three answers with another plan
-            host.node.pongs["dev-1"] = {"bundle": "0" * 64, "received": since + k + 1}
+            host.node.pongs["dev-1"] = {"bundle": "0" * 64, "received": since + k + 1, **this_target(host.manifest)}
             host._readmit(since + k + 1)
         assert "dev-1" in host.down
         said = [r.getMessage() for r in caplog.records if "runs plan 000000000000" in r.getMessage()]
         assert len(said) == 1 and "stays down until it serves this bundle" in said[0], said
-        host.node.pongs["dev-1"] = {"bundle": host.node.bundle_checksum, "received": since + 9}
+        host.node.pongs["dev-1"] = {"bundle": host.node.bundle_checksum, "received": since + 9,
+                                    **this_target(host.manifest)}
         host._readmit(since + 9)
         assert "dev-1" not in host.down
 

@@ -223,9 +223,10 @@ def test_shipped_stub_serves_where_halpc_is_not_installed(tmp_path: Path) -> Non
         assert f"{device}: stopped after 4 tasks, 0 messages rejected" in text, text  # a warm-up task and 3
 
 
-def test_no_stub_running_is_one_line_error(tmp_path: Path) -> None:
+def test_no_stub_running_is_one_line_error_with_require_all(tmp_path: Path) -> None:
+    """(Without --require-all the host runs without them: tests/test_degraded_start.py.)"""
     bundle = compile_local(tmp_path, "vgg16", 32, "even")
-    proc = subprocess.run([sys.executable, "-m", "halpc.cli", "run", bundle, "--timeout", "1"],
+    proc = subprocess.run([sys.executable, "-m", "halpc.cli", "run", bundle, "--timeout", "1", "--require-all"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -163,7 +163,7 @@ def test_a_real_arm64_stub_is_refused_by_an_x86_host_for_an_x86_bundle(vgg: Path
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with HostSession(bundle, timeout_s=120) as host, pytest.raises(RunError, match=r"dev-1 is aarch64 without NCHWc"):
-            host.connect()
+            host.connect(start_s=120)  # the stub takes seconds to start under emulation
     finally:
         stub.terminate()
         stub.wait(timeout=30)

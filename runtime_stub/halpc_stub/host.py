@@ -3,8 +3,8 @@
 The host runs its own program (send strips, compute its part and HALP's overlap zones, receive
 rows, run the tail) while the devices run theirs. `stream()` keeps several tasks in flight, so
 one task's transfers overlap another's compute. Before the first task the host pings every
-device: a device that does not answer, or runs another plan or ONNX Runtime build, is an error
-that names it.
+device: one that runs another plan, ONNX Runtime build or target is an error that names it; one
+that does not answer is left out for now (see Start below).
 
 Faults: a task waits for a device's rows at most FAULT_FACTOR times its expected time (the
 plan's predicted latency, or the recent measured one when slower) plus FAULT_MARGIN_S, counted
@@ -16,6 +16,11 @@ another's rows, so every device of the task is marked down and pinged; those ali
 once. Every task in flight that uses a device marked down is recomputed likewise, and the next ones run the same variant's fastest plan without down
 devices, or the unsplit model. A device marked down is pinged every REPING_S and is back in use
 once it answers with the bundle's plan.
+
+Start: the host waits for the devices at most START_S (or a task's fault bound, when longer),
+not the whole `timeout_s`: a device still off then is marked down, said in one line, and taken
+in when it answers, as after a fault; tasks meanwhile run without it. `require_all` waits the
+whole `timeout_s` and refuses to start without every device.
 
 In a bundle of several sources (cameras) each source is the host of its own plans: a
 `HostSession` runs as one of them (`source`), and the devices serve every source's tasks.
@@ -51,12 +56,14 @@ MIN_PROBE_GAP_S = 0.0005  # 64 kB in less would be a link faster than 1 Gbit/s
 FAULT_FACTOR = 1.5  # see the module: with the margin, a fault is noticed in under 2x the
 FAULT_MARGIN_S = 0.05  # predicted time + 100 ms (the host looks every 10 ms)
 REPING_S = 0.5
+START_S = 2.0  # a stub that is up answers a ping in milliseconds; one loading its models, in seconds
 RECENT = 16  # measured task times per plan kept for the expected time
 
 
 class HostSession:
     def __init__(self, bundle: str | Path, bind: str | None = None, timeout_s: float = 30.0,
-                 check_files: bool = True, source: str | None = None, allow_inexact: bool = False) -> None:
+                 check_files: bool = True, source: str | None = None, allow_inexact: bool = False,
+                 require_all: bool = False) -> None:
         # The bundle as this source sees it (its plans only); the bundle itself for one source.
         self.manifest = load_manifest(bundle).for_source(source)
         host = self.manifest.host
@@ -70,6 +77,7 @@ class HostSession:
                 raise RunError(why)
             log.warning("--allow-inexact: %s", why)
         self.timeout_s = timeout_s
+        self.require_all = require_all
         self.workers = self.manifest.workers
         sessions = load_sessions(self.manifest, host.name)
         self.node = HostNode(self.manifest, host.name, sessions.__getitem__, bind,
@@ -94,16 +102,28 @@ class HostSession:
     def close(self) -> None:
         self.node.close()
 
-    def connect(self, timeout_s: float | None = None, watch: Callable[[], None] | None = None) -> None:
+    def connect(self, timeout_s: float | None = None, watch: Callable[[], None] | None = None,
+                start_s: float | None = None) -> None:
         """Ping every device that has work until it answers; check its plan and ORT build.
 
-        `watch` is called while waiting (e.g. to raise when a local stub process has died)."""
+        Devices that have not answered after `start_s` (default: see the module) are marked
+        down and the run starts without them, unless `require_all`. `watch` is called while
+        waiting (e.g. to raise when a local stub process has died)."""
         node = self.node
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if not self.require_all:
+            timeout_s = min(timeout_s, start_s if start_s is not None else self.start_s())
         deadline = clock.now() + timeout_s
         pinged: dict[str, float] = {}
         while missing := [d for d in self.workers if d not in node.pongs]:
             now = clock.now()
+            if now > deadline and not self.require_all:
+                for device in missing:
+                    self.down[device] = now
+                    self._pinged[device] = pinged.get(device, now)
+                    log.warning("%s did not answer within %.1f s at %s: starting without it (it is taken in "
+                                "when it answers)", device, timeout_s, node.addresses[device])
+                break
             if now > deadline:
                 raise RunError(
                     f"device(s) {', '.join(missing)} did not answer within {timeout_s:g} s at "
@@ -125,6 +145,8 @@ class HostSession:
                         "to it again and restart its stub"
                     )
         for device, pong in node.pongs.items():
+            if device in self.down:
+                continue
             if pong.get("bundle") != node.bundle_checksum:
                 raise RunError(
                     f"{device} runs plan {str(pong.get('bundle'))[:12]}, this bundle is plan "
@@ -135,8 +157,13 @@ class HostSession:
                     raise RunError(why)
                 log.warning("--allow-inexact: %s", why)
         for device in self.workers:
-            self.offsets[device] = self._clock_offset(device)
+            if device not in self.down:
+                self.offsets[device] = self._clock_offset(device)
         self.connected = True
+
+    def start_s(self) -> float:
+        """How long `connect` waits for devices before starting without those still silent."""
+        return max(START_S, self.bound_s(self.node.default))
 
     def _clock_offset(self, device: str, rounds: int = 5) -> float:
         """The device's clock minus the host's, from the ping with the shortest round trip."""
@@ -322,15 +349,24 @@ class HostSession:
         """Ping the devices marked down; take back those that answered since."""
         for device, since in list(self.down.items()):
             pong = self.node.pongs.get(device)
-            if pong is not None and pong["received"] > since and pong.get("bundle") == self.node.bundle_checksum:
-                del self.down[device]
-                self._wrong_plan.discard(device)
-                log.warning("%s answers again after %.1f s: back in use", device, now - since)
-            elif pong is not None and pong["received"] > since and device not in self._wrong_plan:
-                self._wrong_plan.add(device)
-                log.warning("%s answers, but runs plan %s, not this bundle's %s: it stays down until it "
-                            "serves this bundle (copy the device's folder again)", device,
-                            str(pong.get("bundle"))[:12], self.node.bundle_checksum[:12])
+            if pong is not None and pong["received"] > since:
+                wrong_target = not self.allow_inexact and target_mismatch(self.manifest, pong, device)
+                if pong.get("bundle") != self.node.bundle_checksum:
+                    if device not in self._wrong_plan:
+                        self._wrong_plan.add(device)
+                        log.warning("%s answers, but runs plan %s, not this bundle's %s: it stays down until it "
+                                    "serves this bundle (copy the device's folder again)", device,
+                                    str(pong.get("bundle"))[:12], self.node.bundle_checksum[:12])
+                elif wrong_target:
+                    if device not in self._wrong_plan:
+                        self._wrong_plan.add(device)
+                        log.warning("%s answers, but %s: it stays down", device, wrong_target)
+                else:
+                    del self.down[device]
+                    self._wrong_plan.discard(device)
+                    if isinstance(pong.get("t"), (int, float)) and isinstance(pong.get("echo"), (int, float)):
+                        self.offsets[device] = pong["t"] - (pong["echo"] + pong["received"]) / 2
+                    log.warning("%s answers after %.1f s: in use", device, now - since)
             if device in self.down and now - self._pinged.get(device, 0.0) >= REPING_S:
                 self._pinged[device] = now
                 self._ping(device, now)

@@ -67,8 +67,12 @@ def verify(bundles: tuple[str, ...], input_file: str | None, seeds: int, emulate
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0),
               help="Untimed tasks first (sessions allocate their buffers on their first run).")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for every device to answer at the start (a task waits for rows "
-                   "only about 1.5x its predicted time before the host recomputes it).")
+              help="Seconds to wait for the stubs --spawn starts, or with --require-all for every device "
+                   "(without it, a device silent after ~2 s is left out until it answers; a task waits "
+                   "for rows only about 1.5x its predicted time before the host recomputes it).")
+@click.option("--require-all", is_flag=True,
+              help="Refuse to start unless every device answers within --timeout (default: start "
+                   "without the silent ones and take them in when they answer).")
 @click.option("--bind", help="Listen here instead of the host's manifest address, e.g. tcp://*:5701.")
 @click.option("--policy", type=click.Choice(POLICIES),
               help="How the host picks each task's plan: standalone (host alone), fixed (the default "
@@ -91,7 +95,7 @@ def verify(bundles: tuple[str, ...], input_file: str | None, seeds: int, emulate
 def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int, in_flight: int,
         check: bool, spawn: bool, as_json: bool, report: str | None, warmup: int, timeout: float,
         bind: str | None, policy: str | None, deadline_ms: float | None, period_ms: float | None,
-        source: str | None, barrier: str | None, allow_inexact: bool, quiet: bool) -> None:
+        source: str | None, barrier: str | None, require_all: bool, allow_inexact: bool, quiet: bool) -> None:
     """Run BUNDLE from the host, its devices' stubs serving; print latency and throughput."""
     from halpc.cli.options import parse_barrier
     from halpc.host.run import local_popen, meet, run as run_bundle, run_sources
@@ -125,7 +129,7 @@ def run(bundle: str, input_file: str | None, output_file: str | None, tasks: int
                              deadline_s=deadline_ms / 1e3 if deadline_ms else None,
                              period_s=period_ms / 1e3 if period_ms else None, source=source,
                              on_start=(lambda: meet(*barrier_at, manifest.host.name)) if barrier_at else None,
-                             progress=say, allow_inexact=allow_inexact)
+                             progress=say, allow_inexact=allow_inexact, require_all=require_all)
     if output_file is not None:
         save_outputs(output_file, summary.results[-1].outputs)
     if report is not None:

@@ -74,13 +74,13 @@ class Stubs:
 
 @contextlib.contextmanager
 def spawn_stubs(bundle: str | Path, manifest: Manifest, popen: Popen = local_popen,
-                stdout: Any = None, args: tuple[str, ...] = ()) -> Iterator[Stubs]:
-    """Start every device's stub with its own launch.sh, as on a board; stop them all on exit.
-    (Of a source's view of a bundle of several sources: the helpers of its plans, not the
-    other sources, which are hosts.)"""
+                stdout: Any = None, args: tuple[str, ...] = (), devices: list[str] | None = None) -> Iterator[Stubs]:
+    """Start every device's stub (or those of `devices`) with its own launch.sh, as on a board;
+    stop them all on exit. (Of a source's view of a bundle of several sources: the helpers of its
+    plans, not the other sources, which are hosts.)"""
     stubs = Stubs(manifest, popen, stdout, args)
     try:
-        for device in manifest.workers:
+        for device in manifest.workers if devices is None else devices:
             stubs.start(device)
         yield stubs
     finally:
@@ -221,21 +221,25 @@ def run(
     source: str | None = None,
     progress: Progress = silent,
     allow_inexact: bool = False,
+    require_all: bool = False,
 ) -> RunSummary:
     """Run one task per input, after `warmup` untimed tasks of every plan; `check` also runs
     the unsplit model(s) on the host and compares. Tasks are numbered from 0 in `results`
     order. With a `policy` (`adapt.POLICIES`) a `Controller` picks each task's plan; with
     `period_s` task k starts no earlier than k periods after the first (frames from a
     camera). `on_start` is called just before the first timed task. In a bundle of several
-    sources the host runs as `source`, with that source's plans."""
+    sources the host runs as `source`, with that source's plans. A device that has not answered
+    after a short while is left out until it answers (HostSession.connect), unless
+    `require_all`; stubs this run spawns itself get the whole `timeout_s` to start."""
     progress("loading the host's models")
-    host = HostSession(bundle, bind=bind, timeout_s=timeout_s, source=source, allow_inexact=allow_inexact)
+    host = HostSession(bundle, bind=bind, timeout_s=timeout_s, source=source, allow_inexact=allow_inexact,
+                       require_all=require_all)
     with host, (spawn_stubs(bundle, host.manifest, spawn, stub_stdout, ("--allow-inexact",) if allow_inexact else ())
                 if spawn
                 else contextlib.nullcontext()) as stubs:
         controller = Controller(host, policy, deadline_s) if policy else None  # checks the policy fits
         progress("waiting for the devices" + (" (starting their stubs)" if spawn else ""))
-        host.connect(watch=stubs.check if stubs else None)
+        host.connect(watch=stubs.check if stubs else None, start_s=timeout_s if spawn else None)
         # Timed only once every stub is up: loading its sessions would slow the unsplit runs.
         local = _reference_times(host.manifest, inputs) if check else []
         plans = [p.id for p in host.manifest.plans]
