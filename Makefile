@@ -104,6 +104,8 @@ bench: setup
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/adaptive.py
 	$(BIN)/python benchmarks/sources.py
+	$(BIN)/python benchmarks/targets.py
+	$(BIN)/python benchmarks/int8.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

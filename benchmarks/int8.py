@@ -22,20 +22,11 @@ sys.path[:0] = [str(ROOT / "examples")]
 import models  # noqa: E402
 from quantize import quantize  # noqa: E402
 from halpc.analyse.trunk import analyse  # noqa: E402
-from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.inputs.model import load_model  # noqa: E402
 from halpc.planner.context import context  # noqa: E402
 from halpc.planner.schedule import build_schedule  # noqa: E402
 from halpc.planner.strategies import compare  # noqa: E402
-
-
-def cluster(devices: int, mbps: float):
-    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 2\n"
-    for i in range(devices):
-        name = "host" if i == 0 else f"dev-{i}"
-        text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = 8.0\n'
-        text += "host = true\n" if i == 0 else ""
-    return parse_cluster(text, source="bench")
+from strategies import cluster  # noqa: E402  (benchmarks/strategies.py)
 
 
 def sent_bytes(trunk, plan, devices: list[str]) -> int:

@@ -30,8 +30,9 @@ from halpc.analyse.trunk import analyse  # noqa: E402
 STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp")
 
 
-def cluster(devices: int, mbps: float, gmacs: float = 8.0):
-    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 2\n"
+def cluster(devices: int, mbps: float, gmacs: float = 8.0, latency_ms: float = 2.0):
+    """host, dev-1, ... of `gmacs` each on links of `mbps` (used by the other benchmarks too)."""
+    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = {latency_ms}\n"
     for i in range(devices):
         name = "host" if i == 0 else f"dev-{i}"
         text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = {gmacs}\n'

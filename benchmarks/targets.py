@@ -28,20 +28,16 @@ import models  # noqa: E402
 from halpc.analyse.trunk import analyse  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
 from halpc.host import emulation  # noqa: E402
-from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.inputs.model import load_model  # noqa: E402
 from halpc.inputs.target import TARGETS  # noqa: E402
 from halpc.planner.context import context  # noqa: E402
 from halpc.planner.strategies import compare  # noqa: E402
+from strategies import cluster  # noqa: E402  (benchmarks/strategies.py)
 
 
-def cluster(devices: int, mbps: float, gmacs: float = 4.0):
-    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 3\n"
-    for i in range(devices):
-        name = "host" if i == 0 else f"pi-{i}"
-        text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = {gmacs}\n'
-        text += "host = true\n" if i == 0 else ""
-    return parse_cluster(text, source="bench")
+def pi_cluster(devices: int, mbps: float):
+    """Raspberry-Pi-class boards: 4 GMAC/s, 3 ms WiFi latency."""
+    return cluster(devices, mbps, gmacs=4.0, latency_ms=3.0)
 
 
 def speedups(devices: list[int], bandwidths: list[float]) -> None:
@@ -56,7 +52,7 @@ def speedups(devices: list[int], bandwidths: list[float]) -> None:
                 for mbps in bandwidths:
                     got = {}
                     for target in ("x86_64", "aarch64"):
-                        plans = compare(context(trunk, cluster(n, mbps), TARGETS[target]), ("local", "halp"))
+                        plans = compare(context(trunk, pi_cluster(n, mbps), TARGETS[target]), ("local", "halp"))
                         got[target] = plans["local"].predicted["latency_ms"] / plans["halp"].predicted["latency_ms"]
                     print(f"{name:<10} {n:>7} {mbps:>7g} {got['x86_64']:>7.2f}x {got['aarch64']:>7.2f}x "
                           f"{got['aarch64'] / got['x86_64']:>6.2f}")
@@ -75,7 +71,7 @@ def verify_times(devices: int) -> None:
             seconds = {}
             for arch in ("x86_64", "aarch64"):
                 bundle = Path(tmp) / f"{name}-{arch}"
-                compile_bundle(path, cluster(devices, 100), bundle, "halp", arch=arch, insecure=True)
+                compile_bundle(path, pi_cluster(devices, 100), bundle, "halp", arch=arch, insecure=True)
                 started = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-m", "halpc.cli", "verify", str(bundle), "--quiet"],
                                       capture_output=True, text=True)
