@@ -24,7 +24,6 @@ from halpc.analyse.ops import Layer, attr
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, StripRows
 from halpc.analyse.trunk import Trunk
-from halpc.inputs.model import tensor_shapes
 from halpc.inputs.target import Target
 
 # Element-wise ops whose last (n mod 4) elements may round differently (Eigen packet body, scalar
@@ -56,10 +55,10 @@ def conv_geometry(trunk: Trunk, layer: Layer) -> mlas_rules.ConvGeometry:
 
 
 def _weight_dims(trunk: Trunk, name: str) -> tuple[int, ...]:
-    for init in trunk.model.graph.initializer:
-        if init.name == name:
-            return tuple(init.dims)
-    return tensor_shapes(trunk.model.proto)[name][0] or ()  # a QDQ model's DequantizeLinear output
+    """A Conv weight's dims: its initializer's, or in a QDQ model the int8 initializer its
+    DequantizeLinear reads (same dims)."""
+    source = trunk.constants[name].input[0] if name in trunk.constants else name
+    return next(tuple(init.dims) for init in trunk.model.graph.initializer if init.name == source)
 
 
 class ExactnessRules:

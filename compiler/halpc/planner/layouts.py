@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from halpc.planner.plan import Strip
+from halpc.planner.plan import Strip, join_neighbours
 from halpc.planner.context import Context
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import block_io, strip_at, strip_macs
@@ -133,17 +133,7 @@ def _halp_layout(ctx: Context, io, rows: int, host: str, secondaries: list[str],
             bottom = stop
     if bottom > 0:
         strips.append(Strip(host, (0, bottom)))
-    return _merge(tuple(reversed(strips)))
-
-
-def _merge(strips: tuple[Strip, ...]) -> tuple[Strip, ...]:
-    merged: list[Strip] = []
-    for strip in strips:
-        if merged and merged[-1].device == strip.device and merged[-1].rows[1] == strip.rows[0]:
-            merged[-1] = Strip(strip.device, (merged[-1].rows[0], strip.rows[1]))
-        else:
-            merged.append(strip)
-    return tuple(merged)
+    return join_neighbours(tuple(reversed(strips)))
 
 
 def _input_rows(ctx: Context, io, out: Rows) -> Rows:

@@ -13,7 +13,7 @@ from halpc.analyse.strips import block_io, strip_at
 from halpc.analyse.trunk import Trunk
 from halpc.inputs.cluster import Cluster
 from halpc.inputs.target import Target
-from halpc.planner.plan import BlockPlan, Plan, Strip
+from halpc.planner.plan import BlockPlan, Plan, Strip, join_neighbours
 
 
 class Legal:
@@ -28,6 +28,16 @@ class Legal:
 
     def why_inexact(self, start: int, stop: int, strips: tuple[Strip, ...]) -> str | None:
         """None if every strip of the block is exact, else which strip is not and why."""
+        found = self._first_inexact(start, stop, strips)
+        if found is None:
+            return None
+        j, why = found
+        strip = strips[j]
+        return (f"strip {j} ({strip.device}, rows {strip.rows[0]}..{strip.rows[1]} of "
+                f"{block_io(self.trunk, start, stop).reference}): {why}")
+
+    def _first_inexact(self, start: int, stop: int, strips: tuple[Strip, ...]) -> tuple[int, str] | None:
+        """The first strip that is not exact and why (answers memoized: the DP asks often)."""
         io = block_io(self.trunk, start, stop)
         bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
         for j, strip in enumerate(strips):
@@ -36,15 +46,14 @@ class Legal:
                 rows = strip_at(self.trunk, io, bounds, j)
                 self._memo[key] = self.rules.why_inexact(io, rows, self.threads(strip.device))
             if self._memo[key]:
-                return f"strip {j} ({strip.device}, rows {strip.rows[0]}..{strip.rows[1]} of {io.reference}): " \
-                       f"{self._memo[key]}"
+                return j, self._memo[key]
         return None
 
     def strips(self, start: int, stop: int, strips: tuple[Strip, ...]) -> tuple[Strip, ...]:
         """`strips`, with each inexact strip merged into a neighbour until every one is exact."""
         strips = tuple(strips)
-        while self.why_inexact(start, stop, strips):
-            strips = self._merge_first_inexact(start, stop, strips)
+        while (found := self._first_inexact(start, stop, strips)) is not None:
+            strips = self._merge(strips, found[0])
         return strips
 
     def plan(self, plan: Plan) -> Plan:
@@ -59,24 +68,13 @@ class Legal:
                 return f"block {k}: {why}"
         return None
 
-    def _merge_first_inexact(self, start: int, stop: int, strips: tuple[Strip, ...]) -> tuple[Strip, ...]:
-        if len(strips) == 1:  # a device whose threads differ from the reference's: the host's then
+    def _merge(self, strips: tuple[Strip, ...], j: int) -> tuple[Strip, ...]:
+        """Strip `j` merged into its smaller neighbour, whose device takes the rows (the loads stay
+        most even); alone, a device whose threads differ from the reference's: the host's then."""
+        if len(strips) == 1:
             return (Strip(self.host, strips[0].rows),)
-        io = block_io(self.trunk, start, stop)
-        bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
-        j = next(j for j, s in enumerate(strips)
-                 if self.rules.why_inexact(io, strip_at(self.trunk, io, bounds, j), self.threads(s.device)))
-        # Into the smaller neighbour, whose device takes the rows: the loads stay most even.
         neighbours = [n for n in (j - 1, j + 1) if 0 <= n < len(strips)]
         n = min(neighbours, key=lambda n: strips[n].rows[1] - strips[n].rows[0])
         a, b = sorted((j, n))
-        device = strips[n].device
-        merged = Strip(device, (strips[a].rows[0], strips[b].rows[1]))
-        out = [*strips[:a], merged, *strips[b + 1:]]
-        joined: list[Strip] = []  # neighbours on one device become one strip: no halo between them
-        for s in out:
-            if joined and joined[-1].device == s.device:
-                joined[-1] = Strip(s.device, (joined[-1].rows[0], s.rows[1]))
-            else:
-                joined.append(s)
-        return tuple(joined)
+        merged = Strip(strips[n].device, (strips[a].rows[0], strips[b].rows[1]))
+        return join_neighbours((*strips[:a], merged, *strips[b + 1:]))

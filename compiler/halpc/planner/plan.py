@@ -105,6 +105,17 @@ def boundary_name(trunk: Trunk, position: int) -> str | None:
     return next(c.tensor for c in trunk.cuts if c.position == position)
 
 
+def join_neighbours(strips: tuple[Strip, ...]) -> tuple[Strip, ...]:
+    """Adjacent strips of one device as one strip: no halo rows between them."""
+    joined: list[Strip] = []
+    for strip in strips:
+        if joined and joined[-1].device == strip.device and joined[-1].rows[1] == strip.rows[0]:
+            joined[-1] = Strip(strip.device, (joined[-1].rows[0], strip.rows[1]))
+        else:
+            joined.append(strip)
+    return tuple(joined)
+
+
 def even_shares(rows: int, devices: list[str]) -> tuple[Strip, ...]:
     """Equal rows per device; the first `rows % n` devices take one more."""
     base, extra = divmod(rows, len(devices))
