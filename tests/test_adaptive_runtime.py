@@ -220,7 +220,12 @@ def run_swing(lab, bundle: Path, tmp_path: Path, policy: str, deadline_s: float 
     trace = load_trace(str(trace_file), ["dev-1"])
     manifest = load_manifest(bundle)
     inputs = [random_inputs(manifest, seed % 4) for seed in range(44)]
-    with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay, lab.limit_host():
+    # The host's process runs at full speed here: under a CPU share, CFS stalls it for up to
+    # 9 ms of every 10 once its quota is spent, which its Python work after a task (predicting
+    # plans at a new link estimate) does; its zmq thread then sends a probe's second part late
+    # and the device times a link 30-60% slower than it is. A real host's I/O thread is not
+    # frozen like that. Its share was needed only to calibrate the cluster (slow_boards).
+    with netlab.TraceReplay(lab, trace, ["dev-1"]) as replay:
         summary = run(bundle, inputs, in_flight=1, check=True, spawn=lab.popen, timeout_s=60,
                       policy=policy, deadline_s=deadline_s, period_s=0.25, on_start=replay.start)
     assert [rate for _, _, rate in replay.applied] == [100, 10, 100]
@@ -252,18 +257,23 @@ def test_the_host_switches_plan_when_the_link_rate_changes(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_selection_switches_variant_when_the_link_rate_changes(tmp_path: Path) -> None:
-    """ResNet-18 meets the deadline only split over a fast link; on a slow one the host runs
-    the less accurate MobileNet-V1 0.5 instead, and goes back when the link recovers."""
-    family = [Variant(save(models.build("resnet18", 128, 128, seed=1), tmp_path, "resnet18.onnx"), 69.8),
-              Variant(save(models.build("mobilenet_v1_050", 128, 128, seed=1), tmp_path, "mobilenet_v1_050.onnx"),
+    """VGG-16 meets the deadline only split over a fast link; on a slow one the host runs the
+    less accurate MobileNet-V1 0.5 instead, and goes back when the link recovers.
+
+    The deadline is what the split plan needs at 40 Mbit/s: on the fast phase's link it is met
+    with room for probes that read the link up to 40% slow (boards under a tenth of a core
+    are stalled by CFS for 9 ms at a time, and one stalled probe reads 60 for 100); ResNet-18,
+    whose split gains 10-20%, left too little room between its split and its whole model."""
+    family = [Variant(save(models.build("vgg16", 64, 64, seed=1), tmp_path, "vgg16.onnx"), 71.5),
+              Variant(save(models.build("mobilenet_v1_050", 64, 64, seed=1), tmp_path, "mobilenet_v1_050.onnx"),
                       63.7)]
     with slow_boards(tmp_path, family) as (lab, bundle):
         manifest = load_manifest(bundle)
         predict = bundle_predictor(manifest)
-        resnet = [p.id for p in manifest.plans if p.data["variant"] == "resnet18"]
-        split = min(predict(p, {"dev-1": 100}) for p in resnet)
-        alone = predict("resnet18/local", {"dev-1": 100})
-        assert split < 0.95 * alone
-        tasks = run_swing(lab, bundle, tmp_path, "select", (split + alone) / 2)
+        vgg = [p.id for p in manifest.plans if p.data["variant"] == "vgg16"]
+        deadline = min(predict(p, {"dev-1": 40}) for p in vgg)
+        assert min(predict(p, {"dev-1": 100}) for p in vgg) < deadline < predict("vgg16/local", {})
+        assert min(predict(p, {"dev-1": 10}) for p in vgg) > deadline
+        tasks = run_swing(lab, bundle, tmp_path, "select", deadline)
     variant = lambda plan: manifest.plan(plan).data["variant"]  # noqa: E731
-    assert phases(tasks, variant) == ({"resnet18"}, {"mobilenet_v1_050"}, {"resnet18"}), tasks
+    assert phases(tasks, variant) == ({"vgg16"}, {"mobilenet_v1_050"}, {"vgg16"}), tasks
