@@ -1,6 +1,9 @@
 """The cost model on hand-computed schedules, and the planners against the exhaustive oracle."""
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -194,3 +197,89 @@ def _two_devices(folder, profile):
         text += f'[[device]]\nname = "{name}"\naddress = "127.0.0.1:{7000 + i}"\n'
         text += (f'profile = "{profile}"\n' if profile else "gmacs = 8.0\n") + ("host = true\n" if i == 0 else "")
     return parse_cluster(text, source=str(folder / "c.toml"))
+
+
+# ---------------------------------------------------------------- helpers that pay
+
+
+def _uneven_cluster(seed: int):
+    """2-5 devices of random speed, each helper behind a link of a random rate from 0.5 to 1000 Mbit/s."""
+    rng = np.random.default_rng(2000 + seed)
+    n = int(rng.integers(2, 6))
+    names = ["host"] + [f"d{i}" for i in range(1, n)]
+    text = "[network]\nbandwidth_mbps = 100\nlatency_ms = 1\n"
+    for i, name in enumerate(names):
+        text += f'[[device]]\nname = "{name}"\naddress = "127.0.0.1:{6000 + i}"\n'
+        text += f"gmacs = {float(rng.uniform(2.0, 8.0)):.3f}\n" + ("host = true\n" if i == 0 else "")
+    rate = {"host": 1000.0, **{name: float(rng.choice([0.5, 2.0, 10.0, 100.0, 1000.0])) for name in names[1:]}}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:  # a pair's link is as slow as the slower of the two
+            text += f'[[link]]\nbetween = ["{a}", "{b}"]\nbandwidth_mbps = {min(rate[a], rate[b])}\n'
+    return parse_cluster(text, source=f"uneven{seed}.toml")
+
+
+@pytest.mark.slow  # about 2 minutes: each helper less is a planning of its own
+@pytest.mark.parametrize("seed", range(10))
+def test_one_more_device_never_makes_the_plan_slower(seed, tmp_path) -> None:
+    """Property: for random clusters, dpfp's and halp's plan is never predicted slower than the
+    plan for the same cluster less any one helper (0.5%), nor than local. (Models big enough
+    that splitting pays on some links: on the tiny random models every plan is local.)"""
+    import models
+
+    name = ("vgg16", "resnet18", "mobilenet_v1_050")[seed % 3]
+    trunk = trunk_of(save(models.build(name, 64, 64, seed=seed), tmp_path))
+    cluster = _uneven_cluster(seed)
+    assert len(cluster) >= 2
+    ctx = context(trunk, cluster)
+    local = make_plan(ctx, "local").predicted["latency_ms"]
+    for strategy in ("dpfp", "halp"):
+        ours = make_plan(ctx, strategy).predicted["latency_ms"]
+        assert ours <= local
+        for helper in cluster.secondaries:
+            fewer = make_plan(context(trunk, cluster.without(helper.name)), strategy).predicted["latency_ms"]
+            assert ours <= fewer * 1.005, (strategy, helper.name, ours, fewer)
+
+
+SLOW_D2 = "[network]\nbandwidth_mbps = 100\nlatency_ms = 1\n" + "".join(
+    f'[[device]]\nname = "{name}"\naddress = "127.0.0.1:{6000 + i}"\ngmacs = 8.0\n' + ("host = true\n" if i == 0 else "")
+    for i, name in enumerate(("host", "d1", "d2"))
+) + '[[link]]\nbetween = ["host", "d2"]\nbandwidth_mbps = 1\n[[link]]\nbetween = ["d1", "d2"]\nbandwidth_mbps = 1\n'
+
+
+def test_a_helper_behind_a_slow_link_is_left_out_and_says_why(tmp_path) -> None:
+    """VGG-16 (96x96): host + d1 at 100 Mbit/s gain; a third device whose links run at 1 Mbit/s
+    would sink the plan, so halp leaves it out and matches the two-device plan."""
+    import models
+
+    trunk = trunk_of(save(models.build("vgg16", 96, 96), tmp_path))
+    cluster = parse_cluster(SLOW_D2, source="slow-d2.toml")
+    pair = make_plan(context(trunk, cluster.without("d2")), "halp")
+    plan = make_plan(context(trunk, cluster), "halp")
+    local = make_plan(context(trunk, cluster), "local").predicted["latency_ms"]
+    assert pair.predicted["latency_ms"] < 0.7 * local  # the pair gains
+    assert set(plan.devices()) == {"host", "d1"}
+    assert plan.predicted["latency_ms"] == pytest.approx(pair.predicted["latency_ms"], rel=1e-6)
+    assert re.fullmatch(r"with it [\d.]+ ms, without [\d.]+ ms|[\d.]+ ms without it; no plan with it can beat that",
+                        plan.predicted["left_out"]["d2"])
+    assert "left_out" not in pair.predicted
+
+
+def test_halpc_plan_shows_the_devices_used_and_why_one_is_left_out(tmp_path) -> None:
+    import models
+    from test_cli_errors import run_cli
+
+    model = save(models.build("vgg16", 96, 96), tmp_path)
+    (tmp_path / "cluster.toml").write_text(SLOW_D2)
+    proc = run_cli("plan", model, "--cluster", tmp_path / "cluster.toml", "--strategy", "halp")
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("strategy"))
+    assert "devices used" in header
+    halp = next(line for line in proc.stdout.splitlines() if line.startswith("halp "))
+    assert " host d1 " in halp and "d2" not in halp.split("host d1")[0]
+    assert re.search(r"^halp leaves d2 out: (with it [\d.]+ ms, without [\d.]+ ms|.*no plan with it can beat that)$",
+                     proc.stdout, re.M), proc.stdout
+    data = json.loads(run_cli("plan", model, "--cluster", tmp_path / "cluster.toml", "--strategy", "halp",
+                              "--json").stdout)
+    assert data["strategies"]["halp"]["devices"] == ["host", "d1"]
+    assert set(data["strategies"]["halp"]["plan"]["predicted"]["left_out"]) == {"d2"}
+    assert data["strategies"]["local"]["devices"] == ["host"]

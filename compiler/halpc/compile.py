@@ -62,14 +62,6 @@ def at_bandwidth(cluster: Cluster, mbps: float) -> Cluster:
     )
 
 
-def without(cluster: Cluster, device: str) -> Cluster:
-    """The cluster less one helper device and its links."""
-    return dataclasses.replace(
-        cluster, devices=tuple(d for d in cluster.devices if d.name != device),
-        links=tuple(link for link in cluster.links if device not in (link.a, link.b)),
-    )
-
-
 def compile_bundle(
     model: str | Path | None,
     cluster: str | Path | Cluster,
@@ -264,7 +256,7 @@ def _plan_family(family: list[Variant], trunks: list[Trunk], cluster: Cluster, s
             found[(local.blocks, local.exchange)] = PlanEntry(f"{prefix}local", trunk, local, variant.name,
                                                               variant.accuracy, ())
         for spare in cluster.secondaries if spares and len(cluster.secondaries) > 1 else ():
-            ctx = context(trunk, without(cluster, spare.name))
+            ctx = context(trunk, cluster.without(spare.name))
             plan = best_plan(ctx) if strategy == "best" else make_plan(ctx, strategy)
             found.setdefault((plan.blocks, plan.exchange), PlanEntry(
                 f"{prefix}{plan.strategy}-without-{spare.name}", trunk, plan, variant.name, variant.accuracy, ()))

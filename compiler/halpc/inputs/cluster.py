@@ -167,6 +167,13 @@ class Cluster:
     def __len__(self) -> int:
         return len(self.devices)
 
+    def without(self, device: str) -> Cluster:
+        """The cluster less one helper device and its links."""
+        return dataclasses.replace(
+            self, devices=tuple(d for d in self.devices if d.name != device),
+            links=tuple(link for link in self.links if device not in (link.a, link.b)),
+        )
+
     @property
     def sources(self) -> tuple[Device, ...]:
         """The sources of a cluster of several sources, in file order (else none)."""

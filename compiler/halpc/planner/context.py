@@ -88,6 +88,19 @@ class Context:
         self.transfer = cluster_transfer(self.cluster)
         self.legal = Legal(self.trunk, self.cluster, self.target)
 
+    def without(self, device: str) -> Context:
+        """The same model and device costs on the cluster less helper `device`. What does not
+        depend on which devices there are (strip jobs, a strip's seconds on a named device, its
+        exactness on that device) is shared; a block's cost, which does, is its own."""
+        def rest(values: dict) -> dict:
+            return {d: v for d, v in values.items() if d != device}
+
+        sub = Context(self.trunk, self.cluster.without(device), rest(self.speeds), rest(self.overheads),
+                      rest(self.weight_rates), rest(self.message_overheads), self.target, rest(self.int8_speeds),
+                      _jobs=self._jobs, memo=self.memo)
+        sub.legal = self.legal
+        return sub
+
     @property
     def positions(self) -> list[int]:
         return [0] + [c.position for c in self.trunk.cuts] + [len(self.trunk.layers)]

@@ -24,6 +24,7 @@ from halpc.planner.names import STRATEGIES
 from halpc.planner.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.planner.predict import predict
 from halpc.planner.search import best_blocks, exhaustive_blocks, plan_cost
+from halpc.planner.subsets import fastest_subset
 from halpc.progress import Progress, silent
 
 EXHAUSTIVE_CUTS = 8  # `halpc plan` adds the oracle for models with at most this many cut points
@@ -35,6 +36,7 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
     host = ctx.cluster.host.name
     objective = None
     exchange = "direct"
+    left_out: dict[str, str] = {}
     if strategy == "local":
         rows = trunk.tensors[block_io(trunk, 0, end).reference].rows
         blocks = [BlockPlan(0, end, (Strip(host, (0, rows)),))]
@@ -48,15 +50,16 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
     elif strategy == "ftp":
         blocks = _ftp(ctx)
     elif strategy in ("dpfp", "halp"):
-        blocks, objective = best_blocks(ctx, _layouts(ctx, strategy))
+        best, left_out = fastest_subset(ctx, lambda sub: _dp(sub, strategy))
+        blocks, objective, ours = best.blocks, best.objective, best.latency_ms
         # The DP's objective adds blocks pairwise; on the full timeline a plan it prefers can
         # lose to one with fewer choices. Keep the promise: halp is never predicted slower
         # than dpfp, nor either slower than local.
-        ours = round(predict(ctx, _plan(ctx, strategy, blocks)).latency_s * 1e3, 3)
         for simpler in ("local", "dpfp") if strategy == "halp" else ("local",):
             other = make_plan(ctx, simpler)
             if other.predicted["latency_ms"] < ours:
                 blocks, objective, ours = list(other.blocks), None, other.predicted["latency_ms"]
+                left_out = other.predicted.get("left_out", {})
     elif strategy == "exhaustive":
         blocks, objective = exhaustive_blocks(ctx, _layouts(ctx, "halp"))
     else:
@@ -66,8 +69,16 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
     predicted = {"latency_ms": round(prediction.latency_s * 1e3, 3)}
     if objective is not None:
         predicted["objective_ms"] = round(objective * 1e3, 3)
+    if left_out:
+        predicted["left_out"] = left_out
     return Plan(plan.strategy, plan.model_sha256, plan.input_shapes, plan.blocks, predicted,
                 exchange)
+
+
+def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float]:
+    """The DP's blocks on `ctx`'s devices, its objective and the predicted latency (ms)."""
+    blocks, objective = best_blocks(ctx, _layouts(ctx, strategy))
+    return blocks, objective, round(predict(ctx, _plan(ctx, strategy, blocks)).latency_s * 1e3, 3)
 
 
 def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan:

@@ -160,16 +160,20 @@ def plans_table(trunk: Trunk, plans: dict) -> str:
             f"{speedup[name]:.2f}x",
             len(p.blocks),
             "host" if p.exchange == "host" else "direct",
+            " ".join(p.devices()),
             first_block_shares(p),
         )
         for name, p in plans.items()
     ]
     best = min(plans, key=lambda n: plans[n].predicted["latency_ms"])
-    return (
-        table(("strategy", "latency ms", "speedup", "blocks", "exchange", "first block rows"),
-              rows, right={1, 2, 3})
-        + f"\nbest: {best}"
-    )
+    left_out = [f"{name} leaves {device} out: {why}" for name, p in plans.items()
+                for device, why in p.predicted.get("left_out", {}).items()]
+    return "\n".join([
+        table(("strategy", "latency ms", "speedup", "blocks", "exchange", "devices used", "first block rows"),
+              rows, right={1, 2, 3}),
+        *left_out,
+        f"best: {best}",
+    ])
 
 
 def plans_json(trunk: Trunk, plans: dict) -> dict:
@@ -180,6 +184,7 @@ def plans_json(trunk: Trunk, plans: dict) -> dict:
                 "latency_ms": p.predicted["latency_ms"],
                 "speedup": round(speedup[name], 4),
                 "blocks": len(p.blocks),
+                "devices": p.devices(),
                 "plan": p.to_json(trunk),
             }
             for name, p in plans.items()

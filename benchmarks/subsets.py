@@ -1,0 +1,111 @@
+"""The planner on uneven clusters: halp planned on the whole cluster only (as before) beside halp
+planned on the subsets of helpers that pay (`halpc.planner.subsets`), VGG-16 224x224, devices of
+8 GMAC/s, 1 ms link latency (the setup of issue 16). Both are planned in the same run.
+
+Run: python benchmarks/subsets.py [--models vgg16,resnet50]
+Prints: (1) a third device behind a 2 Mbit/s link; (2) predicted latency for 2-5 devices at
+10/25/50/100 Mbit/s, and whether one more device ever made the plan slower; (3) how long
+planning took for 5 devices.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "examples")]
+
+import models  # noqa: E402
+from halpc.analyse.trunk import analyse  # noqa: E402
+from halpc.inputs.cluster import parse_cluster  # noqa: E402
+from halpc.inputs.model import load_model  # noqa: E402
+from halpc.planner import subsets  # noqa: E402
+from halpc.planner.context import context  # noqa: E402
+from halpc.planner.strategies import make_plan  # noqa: E402
+
+
+def cluster(devices: int, mbps: float, slow: dict[str, float] | None = None):
+    """host, dev-1, ... of 8 GMAC/s on `mbps` links, 1 ms latency; `slow` overrides the
+    host's link to the named devices (and theirs to every other device)."""
+    names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
+    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 1\n"
+    for i, name in enumerate(names):
+        text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = 8.0\n'
+        text += "host = true\n" if i == 0 else ""
+    for device, rate in (slow or {}).items():
+        for other in names:
+            if other != device:
+                text += f'[[link]]\nbetween = ["{other}", "{device}"]\nbandwidth_mbps = {rate}\n'
+    return parse_cluster(text, source="bench")
+
+
+@contextmanager
+def whole_cluster_only():
+    """Plan as before this change: the whole cluster, no subsets."""
+    saved = subsets.MAX_SUBSETS
+    subsets.MAX_SUBSETS = 1
+    try:
+        yield
+    finally:
+        subsets.MAX_SUBSETS = saved
+
+
+def halp(trunk, cl) -> tuple[float, float, list[str]]:
+    """(predicted ms, planning seconds, devices used) of halp."""
+    began = time.perf_counter()
+    plan = make_plan(context(trunk, cl), "halp")
+    return plan.predicted["latency_ms"], time.perf_counter() - began, plan.devices()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="vgg16,resnet50")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(models.build(name, 224, 224), str(path))
+            trunk = analyse(load_model(path))
+            local = make_plan(context(trunk, cluster(1, 100)), "local").predicted["latency_ms"]
+            print(f"\n{name} 224x224, 8 GMAC/s devices, 1 ms latency; local {local:.0f} ms")
+
+            print("\n(1) host + dev-1 at 100 Mbit/s, dev-2's links at 2 Mbit/s: halp speedup")
+            for label, cl in (("host + dev-1", cluster(2, 100)), ("+ dev-2 at 2 Mbit/s", cluster(3, 100, {"dev-2": 2}))):
+                with whole_cluster_only():
+                    before = halp(trunk, cl)
+                after = halp(trunk, cl)
+                print(f"  {label:<22} whole cluster {local / before[0]:.2f}x   subsets {local / after[0]:.2f}x "
+                      f"(uses {', '.join(after[2])})")
+
+            print("\n(2) halp predicted ms, 2-5 devices; 'slower' marks one more device predicted slower")
+            print(f"  {'Mbit/s':>6}  {'planner':<13}" + "".join(f"{n:>8} dev" for n in range(2, 6)))
+            times = {}
+            for mbps in (10, 25, 50, 100):
+                for label in ("whole cluster", "subsets"):
+                    row = []
+                    for n in range(2, 6):
+                        if label == "whole cluster":
+                            with whole_cluster_only():
+                                ms, seconds, _ = halp(trunk, cluster(n, mbps))
+                        else:
+                            ms, seconds, _ = halp(trunk, cluster(n, mbps))
+                        times[(label, mbps, n)] = seconds
+                        row.append(ms)
+                    marks = ["" if i == 0 or row[i] <= row[i - 1] * 1.005 else " slower" for i in range(len(row))]
+                    cells = "".join(f"{ms:>8.0f}{m:<4}" for ms, m in zip(row, marks))
+                    print(f"  {mbps:>6}  {label:<13}{cells}   4 dev {local / row[2]:.2f}x")
+
+            print("\n(3) planning seconds for 5 devices (halp, which also plans dpfp and local)")
+            for mbps in (10, 25, 50, 100):
+                print(f"  {mbps:>4} Mbit/s: whole cluster {times[('whole cluster', mbps, 5)]:.2f} s, "
+                      f"subsets {times[('subsets', mbps, 5)]:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
