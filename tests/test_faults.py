@@ -227,3 +227,49 @@ def test_link_cut_is_noticed_within_the_bound_and_restored(tmp_path: Path) -> No
           f"{results[-10].start - restored[0]:.1f} s after the link")
     assert detected < 2 * fault.expected_s + 0.1
     assert not host.down
+
+
+def test_a_fault_in_the_warm_up_is_reported(tmp_path: Path) -> None:
+    """dev-1 killed right before the warm-up task: the host gives that task up, runs the timed
+    ones without dev-1, and `halpc run`'s JSON and table say why (they once said no faults
+    while every task ran unsplit)."""
+    from halpc.host.run import run
+
+    bundle = compile_three(tmp_path)
+    manifest = load_manifest(bundle)
+    with spawn_stubs(bundle, manifest) as stubs:
+        def progress(line: str) -> None:
+            if line.startswith("warming up") and stubs.procs["dev-1"].poll() is None:
+                stubs.procs["dev-1"].kill()
+                stubs.procs["dev-1"].wait()
+
+        inputs = [random_inputs(manifest, seed) for seed in range(3)]
+        summary = run(bundle, inputs, check=True, timeout_s=30, progress=progress)
+    assert summary.exact and all(r.unsplit for r in summary.results)
+    faults = summary.to_json()["faults"]
+    assert faults and faults[0]["during"] == "warm-up" and faults[0]["task"] is None
+    assert {f["device"] for f in faults} <= {"dev-1", "dev-2"} and "dev-1" in {f["device"] for f in faults}
+    text = run_table(manifest, summary, in_flight=2)
+    assert "a warm-up task waited" in text and "3 task(s) recomputed on the host" in text, text
+
+
+def test_the_queue_toward_a_peer_that_is_gone_is_bounded(tmp_path: Path) -> None:
+    """A stub whose host (here dev-2: nothing listens at its address) is gone queues at most
+    PEER_QUEUE messages for it and drops the rest, without blocking: pongs and rows for a dead
+    peer no longer grow without limit."""
+    from halpc_stub import node as node_module
+
+    bundle = compile_three(tmp_path)
+    manifest = load_manifest(bundle)
+    node = StubNode(manifest, "dev-1", load_sessions(manifest, "dev-1").__getitem__,
+                    bind=f"tcp://127.0.0.1:{free_ports(1)[0]}")
+    try:
+        sent = node_module.PEER_QUEUE + 500
+        payload = np.zeros(1024, np.uint8)
+        for i in range(sent):
+            node.send("dev-2", wire.encode({"kind": "pong", "from": "dev-1", "session": "s1", "n": i}), payload)
+        dropped = node.dropped.get("dev-2", 0)
+        assert 400 <= dropped <= 500, dropped  # ZeroMQ may hold a few beyond the bound in its pipes
+        assert "host" not in node.dropped  # other peers are not affected
+    finally:
+        node.close()

@@ -29,6 +29,9 @@ from halpc_stub.manifest import Manifest
 from halpc_stub.store import RowStore, TensorSpec
 
 log = logging.getLogger("halpc_stub")
+# Messages queued toward one peer at most. A task sends a peer a few dozen messages; a peer that
+# has not taken this many is gone, and queueing more for it would only grow without limit.
+PEER_QUEUE = 1000
 
 TaskKey = tuple[str, int]  # (host session, task id)
 RowsKey = tuple[str, str, tuple[int, int]]  # (sender, tensor, rows)
@@ -178,16 +181,21 @@ class Node:
         self.finished: OrderedDict[TaskKey, None] = OrderedDict()
         self.rejected = 0
         self.received = 0
+        self.dropped: dict[str, int] = {}  # peer -> messages dropped because its queue was full
         self.turns: dict[str, int] = {}  # source -> when (in services) one of its tasks last ran
         self._services = itertools.count()
 
     # --- sockets -------------------------------------------------------------------------------
 
     def send(self, to: str, header: bytes, array: np.ndarray | None = None) -> None:
+        """Queue a message for `to`. The queue toward each peer is bounded (PEER_QUEUE): a live
+        peer drains it as fast as its link allows, so only a peer that is gone (or cut off)
+        fills it, and what would pile up for it is dropped (counted in `dropped`) instead of
+        growing without limit; the host's fault handling recovers the rows such a peer lost."""
         sock = self.peers.get(to)
         if sock is None:
             sock = self.context.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.SNDHWM, PEER_QUEUE)
             sock.setsockopt(zmq.LINGER, 2000)
             if _is_ipv6(self.addresses[to]):
                 sock.setsockopt(zmq.IPV6, 1)
@@ -196,10 +204,16 @@ class Node:
             self.monitors[to] = keys.watch(sock)
             sock.connect(connect_endpoint(self.addresses[to]))
             self.peers[to] = sock
-        if array is None:
-            sock.send(header)
-        else:
-            sock.send_multipart([header, array], copy=False)
+        try:
+            if array is None:
+                sock.send(header, zmq.NOBLOCK)
+            else:
+                sock.send_multipart([header, array], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped[to] = self.dropped.get(to, 0) + 1
+            if self.dropped[to] == 1:
+                log.warning("%s: %d messages wait for %s, which takes none: dropping what else is sent to it "
+                            "until it does", self.name, PEER_QUEUE, to)
 
     def receive(self, timeout_ms: int) -> int:
         """Take every waiting message, after waiting up to `timeout_ms` for the first."""

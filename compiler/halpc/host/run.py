@@ -108,7 +108,7 @@ class RunSummary:
     # With a policy: per task, what it chose and the link estimate it chose at (task order).
     decisions: list[tuple[Choice, dict[str, float]]] = field(default_factory=list)
     deadline_s: float | None = None
-    faults: list[Fault] = field(default_factory=list)  # tasks the host gave up on a device
+    faults: list[Fault] = field(default_factory=list)  # tasks the host gave up on a device, warm-up included
 
     @property
     def reliability(self) -> float | None:
@@ -167,6 +167,11 @@ class RunSummary:
         end = max([result.latency_s] + [e.end for e in events])
         return Prediction(result.latency_s, end, events)
 
+    def timed_task(self, fault: Fault) -> int | None:
+        """The number (from 0) of the timed task `fault` happened in; None in the warm-up."""
+        number = fault.task - self.results[0].task
+        return number if number >= 0 else None
+
     def to_json(self) -> dict[str, Any]:
         origin = self.started
         return {
@@ -192,8 +197,10 @@ class RunSummary:
                      "estimate_mbps": {k: round(v, 2) for k, v in d[1].items()}} if d else {})}
                 for i, (r, d) in enumerate(zip(self.results, self.decisions or [None] * len(self.results)))
             ],
-            "faults": [{"task": f.task - self.results[0].task, "device": f.device,
-                        "noticed_ms": round(f.waited_s * 1e3, 3), "bound_ms": round(f.bound_s * 1e3, 3)}
+            # A fault in a warm-up task (before the first timed one) has no timed task's number.
+            "faults": [{"task": self.timed_task(f), "during": "run" if self.timed_task(f) is not None else "warm-up",
+                        "device": f.device, "noticed_ms": round(f.waited_s * 1e3, 3),
+                        "bound_ms": round(f.bound_s * 1e3, 3)}
                        for f in self.faults],
             "timeline": [
                 {"task": i, "device": e["device"], "kind": e["kind"],
@@ -260,7 +267,7 @@ def run(
             progress(f"task {len(results)}/{len(inputs)}: {result.latency_s * 1e3:.1f} ms")
         ended = max(r.end for r in results)
     summary = RunSummary(results, predict_bundle(host.manifest.data), started, ended, local_s=local,
-                         deadline_s=deadline_s, faults=[f for f in host.faults if f.task >= first])
+                         deadline_s=deadline_s, faults=list(host.faults))
     if controller:
         summary.decisions = [controller.decisions[first + i] for i in range(len(results))]
     if check:

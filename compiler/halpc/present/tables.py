@@ -229,9 +229,12 @@ def run_table(manifest, summary, in_flight: int) -> str:
         f"throughput  {summary.throughput:.2f} tasks/s",
     ]
     if summary.faults:
-        first = summary.results[0].task
+        def task(f) -> str:
+            number = summary.timed_task(f)
+            return "a warm-up task" if number is None else f"task {number}"
+
         lines.append(f"faults      {len(summary.faults)}: " + "; ".join(
-            f"task {f.task - first} waited {f.waited_s * 1e3:.0f} ms for {f.device} (bound {f.bound_s * 1e3:.0f} ms)"
+            f"{task(f)} waited {f.waited_s * 1e3:.0f} ms for {f.device} (bound {f.bound_s * 1e3:.0f} ms)"
             for f in summary.faults) + f"; {sum(r.unsplit for r in summary.results)} task(s) recomputed on the host")
     if summary.deadline_s is not None:
         met = round(summary.reliability * n)
