@@ -13,11 +13,19 @@ from halpc.planner.names import SOURCE_BASELINES, SOURCE_STRATEGIES, STRATEGIES
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @input_shape
-def inspect(model: str, input_shapes: tuple[str, ...]) -> None:
-    """Print the spatial trunk: layers, shapes, MACs, receptive fields, cut points."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what halpc splits as JSON: model_macs, split_macs and where the split ends, and why.")
+def inspect(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """Print the spatial trunk: layers, shapes, MACs, receptive fields, cut points, and how
+    much of the model's MACs it holds."""
+    from halpc.analyse.coverage import coverage
     from halpc.present.tables import trunk_table
 
-    click.echo(trunk_table(load_trunk(model, input_shapes)))
+    trunk = load_trunk(model, input_shapes)
+    if as_json:
+        click.echo(json.dumps(coverage(trunk).to_json(), indent=2))
+    else:
+        click.echo(trunk_table(trunk, coverage(trunk)))
 
 
 @cli.command()

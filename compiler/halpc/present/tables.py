@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from halpc.compile import Compiled
-from halpc.analyse.ops import ENDS_TRUNK
+from halpc.analyse.coverage import Coverage
 from halpc.analyse.trunk import Trunk
 from halpc.host.verify import OutputCheck
 from halpc.inputs.profile_file import full_height_ms
@@ -30,7 +30,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: set[in
 
 
 
-def trunk_table(trunk: Trunk) -> str:
+def trunk_table(trunk: Trunk, split: Coverage | None = None) -> str:
     cut_after = {c.position - 1: c.tensor for c in trunk.cuts}
     exits = set(trunk.exits)
     rows = []
@@ -62,8 +62,9 @@ def trunk_table(trunk: Trunk) -> str:
         f"{len(trunk.cuts)} cut points, exits: {', '.join(trunk.exits)}",
         f"tail       {len(trunk.tail)} nodes on the host"
         + (f" ({', '.join(tail_ops)})" if tail_ops else ""),
-        *(f"ends at    {node.op_type} {node.name or node.output[0]!r}: {ENDS_TRUNK[node.op_type]}"
-          for node in trunk.tail if node.op_type in ENDS_TRUNK and set(node.input) & set(trunk.tensors)),
+        *([f"split      {split.share:.0%} of the model's {units.macs(split.model_macs)} MACs "
+           f"(convolutions and matrix products): {units.macs(split.split_macs)}"] if split else []),
+        *(f"ends at    {e.op} {e.node!r}: {e.reason}" for e in (split.ends if split else ())),
         "",
         "RF: input rows one output row depends on. cut: the trunk may be cut after this layer.",
         "exit: the tail or a graph output reads this tensor whole.",
