@@ -2,7 +2,7 @@
 planned on the subsets of helpers that pay (`halpc.planner.subsets`), VGG-16 224x224, devices of
 8 GMAC/s, 1 ms link latency (the setup of issue 16). Both are planned in the same run.
 
-Run: python benchmarks/subsets.py [--models vgg16,resnet50]
+Run: python benchmarks/subsets.py [--models vgg16,resnet18]
 Prints: (1) a third device behind a 2 Mbit/s link; (2) predicted latency for 2-5 devices at
 10/25/50/100 Mbit/s, and whether one more device ever made the plan slower; (3) how long
 planning took for 5 devices.
@@ -65,7 +65,7 @@ def halp(trunk, cl) -> tuple[float, float, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="vgg16,resnet50")
+    parser.add_argument("--models", default="vgg16,resnet18")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
