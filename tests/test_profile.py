@@ -293,3 +293,25 @@ def test_cli_profile_bad_input(trunk, tmp_path, args, codes, word):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and word.format(tmp=tmp_path) in lines[0], proc.stderr
     assert not (tmp_path / "dev.json").exists()
+
+
+def test_a_quantized_model_is_profiled_with_its_int8_rate(tmp_path):
+    """The profile of a quantized model carries int8_gmacs: its integer convolutions' MACs over
+    the whole trunk's full-height time, which the planner then prices them at; a float profile
+    has none."""
+    from quantize import quantize
+
+    float_model = save(models.build("vgg16", 32, 32, seed=2), tmp_path, "vgg16.onnx")
+    int8_trunk = trunk_of(quantize(float_model, tmp_path / "vgg16_qdq.onnx", "qdq", per_channel=False))
+    assert int8_trunk.integer
+    profile = profile_device(int8_trunk, heights=(1, ALL), threads=1, repeat=1)
+    integer_macs = sum(layer.macs for layer in int8_trunk.layers if layer.position in int8_trunk.integer)
+    assert integer_macs > 0.95 * int8_trunk.macs
+    expected = integer_macs / profile["trunk"]["ms"] / 1e6
+    assert profile["int8_gmacs"] == pytest.approx(expected, rel=2e-3) and profile["int8_gmacs"] > 0
+    assert "integer convolutions:" in profile_table(profile)
+    path = tmp_path / "int8.json"
+    write_profile(profile, path)
+    costs = device_costs(load_cluster(cluster_file(tmp_path, path.name)))
+    assert costs["dev-1"].int8_gmacs == profile["int8_gmacs"]
+    assert profile_device(trunk_of(float_model), heights=(ALL,), threads=1, repeat=1)["int8_gmacs"] is None

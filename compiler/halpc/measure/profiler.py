@@ -11,6 +11,13 @@ cost what they never cost in a strip. They are accounted for by timing the whole
 block at full height: the device's effective GMAC/s, the number the planner uses, is the trunk's
 MACs (every layer's, as `Trunk.macs` counts them) over that time.
 
+Profiling a quantized model also gives `int8_gmacs`, what the planner prices integer convolutions
+at: their MACs (QLinearConv, ConvInteger, QDQ convs ORT fuses into them; `Trunk.integer`) over
+the whole trunk's time at full height. Timed one by one, a QDQ conv is a float conv on
+dequantized inputs (ORT fuses DQ -> Conv -> Q only with its neighbours in the strip), and the
+whole trunk's time, which the integer convolutions dominate, is the conservative figure. A float
+model's profile has none (null).
+
 The result is plain JSON (schema `halpc-profile/1`); a cluster file references it with
 `profile = "device.json"` instead of `gmacs = ...`.
 """
@@ -113,6 +120,7 @@ def profile_device(
     message_s = _message_overhead()
 
     windowed_macs = sum(layer.macs for layer in windowed)
+    integer_macs = sum(layer.macs for layer in windowed if layer.position in trunk.integer)
     windowed_ms = sum(full_height_ms(entry) for entry in layers.values())
     model_info = trunk.model
     return {
@@ -134,6 +142,7 @@ def profile_device(
         "per_run_overhead_ms": round(overhead_s * 1e3, 4),
         "weight_gbps": weight_gbps,
         "per_message_overhead_ms": round(message_s * 1e3, 4),
+        "int8_gmacs": round(integer_macs / trunk_s / 1e9, 3) if integer_macs else None,
         "trunk": {
             "macs": trunk.macs,
             "ms": round(trunk_s * 1e3, 3),

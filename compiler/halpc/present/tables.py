@@ -317,6 +317,8 @@ def profile_table(profile: dict) -> str:
         f"({profile['threads']} thread{'s' if profile['threads'] != 1 else ''}) -> "
         f"{profile['gmacs']:.2f} GMAC/s effective; per-run overhead "
         f"{profile['per_run_overhead_ms']:.3f} ms; profiled in {profile['elapsed_s']:.0f} s"
+        + (f"\ninteger convolutions: {profile['int8_gmacs']:.2f} GMAC/s (int8_gmacs)"
+           if profile.get("int8_gmacs") else "")
     )
 
 
