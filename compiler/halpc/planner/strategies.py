@@ -9,6 +9,7 @@
 - dpfp: dynamic programming over block boundaries, balanced contiguous strips, rows exchanged
   device to device between blocks.
 - halp: the same DP with host-assisted strips (see `layouts.halp`).
+  dpfp and halp are planned on the subsets of helpers that pay (`subsets`).
 - exhaustive: every set of cut points, with dpfp's and halp's strips: the oracle for both.
 """
 from __future__ import annotations
