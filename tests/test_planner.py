@@ -283,3 +283,17 @@ def test_halpc_plan_shows_the_devices_used_and_why_one_is_left_out(tmp_path) -> 
     assert data["strategies"]["halp"]["devices"] == ["host", "d1"]
     assert set(data["strategies"]["halp"]["plan"]["predicted"]["left_out"]) == {"d2"}
     assert data["strategies"]["local"]["devices"] == ["host"]
+
+
+def test_look_alike_subsets_are_told_apart_by_every_cost(tmp_path) -> None:
+    """Two helpers alike but for an int8 rate (one None) are not look-alikes, and comparing them
+    does not fail on None."""
+    from halpc.planner.subsets import _look
+
+    text = SLOW_D2.replace('name = "d2"\naddress = "127.0.0.1:6002"\ngmacs = 8.0\n',
+                           'name = "d2"\naddress = "127.0.0.1:6002"\ngmacs = 8.0\nint8_gmacs = 24.0\n')
+    text = text.split("[[link]]")[0]  # every link alike
+    ctx = context(trunk_of(save(_random_model(0, branching=False), tmp_path)), parse_cluster(text, source="c.toml"))
+    assert _look(ctx) and _look(ctx.without("d1")) != _look(ctx.without("d2"))
+    plain = context(ctx.trunk, parse_cluster(SLOW_D2.split("[[link]]")[0], source="p.toml"))
+    assert _look(plain.without("d1")) == _look(plain.without("d2"))

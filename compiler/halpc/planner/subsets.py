@@ -85,7 +85,7 @@ def _look(ctx: Context) -> tuple:
         others = sorted(link(d.name, o.name) for o in cluster.secondaries if o.name != d.name)
         return (d.host, costs, d.threads, d.arch, None if d.host else link(host, d.name), tuple(others))
 
-    return tuple(sorted(device(d) for d in cluster.devices))
+    return tuple(sorted((device(d) for d in cluster.devices), key=repr))  # repr: None beside numbers
 
 
 def _why_left_out(ctx: Context, best: Planned, planned: dict[tuple, float]) -> dict[str, str]:
