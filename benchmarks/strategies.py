@@ -30,13 +30,19 @@ from halpc.analyse.trunk import analyse  # noqa: E402
 STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp")
 
 
-def cluster(devices: int, mbps: float, gmacs: float = 8.0, latency_ms: float = 2.0):
-    """host, dev-1, ... of `gmacs` each on links of `mbps` (used by the other benchmarks too)."""
+def cluster(devices: int, mbps: float, gmacs: float = 8.0, latency_ms: float = 2.0,
+            slow: dict[str, float] | None = None):
+    """host, dev-1, ... of `gmacs` each on links of `mbps` (used by the other benchmarks too);
+    `slow` gives the named devices' links (to every other device) their own rate."""
+    names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
     text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = {latency_ms}\n"
-    for i in range(devices):
-        name = "host" if i == 0 else f"dev-{i}"
+    for i, name in enumerate(names):
         text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = {gmacs}\n'
         text += "host = true\n" if i == 0 else ""
+    for device, rate in (slow or {}).items():
+        for other in names:
+            if other != device:
+                text += f'[[link]]\nbetween = ["{other}", "{device}"]\nbandwidth_mbps = {rate}\n'
     return parse_cluster(text, source="bench")
 
 

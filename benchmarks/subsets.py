@@ -23,26 +23,16 @@ sys.path[:0] = [str(ROOT / "examples")]
 
 import models  # noqa: E402
 from halpc.analyse.trunk import analyse  # noqa: E402
-from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.inputs.model import load_model  # noqa: E402
 from halpc.planner import subsets  # noqa: E402
 from halpc.planner.context import context  # noqa: E402
 from halpc.planner.strategies import make_plan  # noqa: E402
+from strategies import cluster as uniform_cluster  # noqa: E402  (benchmarks/strategies.py)
 
 
 def cluster(devices: int, mbps: float, slow: dict[str, float] | None = None):
-    """host, dev-1, ... of 8 GMAC/s on `mbps` links, 1 ms latency; `slow` overrides the
-    host's link to the named devices (and theirs to every other device)."""
-    names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
-    text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = 1\n"
-    for i, name in enumerate(names):
-        text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = 8.0\n'
-        text += "host = true\n" if i == 0 else ""
-    for device, rate in (slow or {}).items():
-        for other in names:
-            if other != device:
-                text += f'[[link]]\nbetween = ["{other}", "{device}"]\nbandwidth_mbps = {rate}\n'
-    return parse_cluster(text, source="bench")
+    """host, dev-1, ... of 8 GMAC/s on `mbps` links, 1 ms latency (issue 16's setup)."""
+    return uniform_cluster(devices, mbps, latency_ms=1.0, slow=slow)
 
 
 @contextmanager
