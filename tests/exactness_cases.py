@@ -56,8 +56,27 @@ def conv_model(rng: random.Random, seed: int) -> tuple[onnx.ModelProto, str]:
     return model, f"{cin}->{cout} k{k} s{stride} p{pad} g{group} {h}x{w} {epilogue}"
 
 
-def run_cases(cases: int, seed: int = 0, target_name: str | None = None) -> dict:
-    """Counts of (predicted, measured) over `cases` random strips; the examples that disagree."""
+def conv_transpose_model(rng: random.Random, seed: int) -> tuple[onnx.ModelProto, str]:
+    """One ConvTranspose (behind a 1x1 MaxPool, an exact identity that makes it a CNN trunk):
+    K = Cin/group on both sides of MLAS's 128-wide K-block."""
+    cin, cout = rng.choice((8, 64, 160, 300)), rng.choice((4, 16, 64))
+    k, stride = rng.choice((2, 3, 4)), rng.choice((1, 2, 2))
+    pad, w, h = rng.randrange(k), rng.choice(WIDTHS), rng.randint(3, 24)
+    weights = np.random.default_rng(seed).standard_normal((cin, cout, k, k)).astype(np.float32)
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[1, 1], name="identity"),
+             helper.make_node("ConvTranspose", ["p", "w"], ["y"], strides=[stride, stride], pads=[pad] * 4,
+                              name="up")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, f"ConvTranspose {cin}->{cout} k{k} s{stride} p{pad} {h}x{w}"
+
+
+def run_cases(cases: int, seed: int = 0, target_name: str | None = None, kind: str = "conv") -> dict:
+    """Counts of (predicted, measured) over `cases` random strips of `kind` layers ("conv" or
+    "conv_transpose"); the examples that disagree."""
     target = TARGETS[target_name] if target_name else TARGETS["aarch64" if this_machine().arch == "aarch64"
                                                                 else "x86_64-nonchwc"]
     rng = random.Random(seed)
@@ -66,7 +85,7 @@ def run_cases(cases: int, seed: int = 0, target_name: str | None = None) -> dict
     folder = Path("/tmp") / f"halpc-exactness-{seed}"
     folder.mkdir(exist_ok=True)
     while sum(counts.values()) < cases:
-        model, name = conv_model(rng, sum(counts.values()))
+        model, name = (conv_model if kind == "conv" else conv_transpose_model)(rng, sum(counts.values()))
         path = folder / "conv.onnx"
         onnx.save(model, str(path))
         trunk = analyse(load_model(path))
@@ -78,12 +97,14 @@ def run_cases(cases: int, seed: int = 0, target_name: str | None = None) -> dict
             a = rng.randrange(total)
             b = rng.randint(a + 1, min(total, a + rng.choice((1, 2, 3, 5, 9, 40))))
             threads = Threads(*rng.choice(THREADS))
-            unsplit = make_session(model.SerializeToString(), threads.reference, nchwc=False).run(None, {"x": x})[0]
+            unsplit = make_session(model.SerializeToString(), threads.reference,
+                                   nchwc=target.nchwc).run(None, {"x": x})[0]
             bounds = sorted({0, a, b, total})
             rows = strip_at(trunk, io_, bounds, bounds.index(a))
             strip = strip_model(trunk, io_, rows, "strip", ReferenceLayout(frozenset(), active=False))
             lo, hi = rows.inputs["x"]
-            got = make_session(strip.SerializeToString(), threads.strip, nchwc=False).run(None, {"x": x[:, :, lo:hi]})[0]
+            got = make_session(strip.SerializeToString(), threads.strip,
+                               nchwc=target.nchwc).run(None, {"x": x[:, :, lo:hi]})[0]
             measured = np.array_equal(got, unsplit[:, :, a:b])
             predicted = rules.why_inexact(io_, rows, threads) is None
             counts[f"predicted {'exact' if predicted else 'inexact'}, measured {'exact' if measured else 'inexact'}"] += 1
@@ -96,6 +117,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", choices=("conv", "conv_transpose"), default="conv")
     args = parser.parse_args()
     sys.stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8")
-    print(json.dumps(run_cases(args.cases, args.seed)))
+    print(json.dumps(run_cases(args.cases, args.seed, kind=args.kind)))

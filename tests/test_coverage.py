@@ -80,10 +80,10 @@ def test_inspect_json_and_text_say_what_is_split(tmp_path) -> None:
     assert bad.returncode in (1, 2) and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_a_linear_resize_and_a_foreign_op_say_why(tmp_path) -> None:
+def test_a_decoder_splits_to_the_output_and_an_unsplittable_resize_says_why(tmp_path) -> None:
     model = _se_unet(np.random.default_rng(1))
     graph = model.graph
-    # Take the SE gate out: the split then runs to the ConvTranspose, which ends it (for now).
+    # Take the SE gate out: ConvTranspose, linear Resize and head conv all split, to the output.
     keep = [n for n in graph.node if n.name not in ("gap", "squeeze", "excite", "scale")
             and n.output[0] not in ("s1r", "gate")]
     for node in keep:
@@ -92,18 +92,14 @@ def test_a_linear_resize_and_a_foreign_op_say_why(tmp_path) -> None:
     del graph.node[:]
     graph.node.extend(keep)
     found = coverage(trunk_of(save(model, tmp_path)))
-    assert [(e.node, e.op) for e in found.ends] == [("up", "ConvTranspose")]
-    assert found.ends[0].reason == "ConvTranspose is not an op halpc knows to work on rows"
-    assert found.model_macs == sum(SE_UNET_MACS[n] for n in ("c0", "up", "head"))
-    # A linear Resize right after the trunk: its own reason.
+    assert found.ends == ()
+    assert found.model_macs == found.split_macs == sum(SE_UNET_MACS[n] for n in ("c0", "up", "head"))
+    # A Resize that reads a region of interest is not split: its own reason.
     for node in graph.node:
         if node.name == "resize":
-            node.input[0] = "c0"
-        if node.name == "up":
-            node.input[0] = "down"
-        if node.name == "head":
-            node.input[0] = "up"
-    graph.node.sort(key=lambda n: ["c0", "resize", "up", "head"].index(n.name))
-    found = coverage(trunk_of(save(model, tmp_path, "resize.onnx")))
+            del node.attribute[:]
+            node.attribute.extend([helper.make_attribute("mode", "linear"),
+                                   helper.make_attribute("coordinate_transformation_mode", "tf_crop_and_resize")])
+    found = coverage(trunk_of(save(model, tmp_path, "roi.onnx")))
     assert [(e.node, e.op) for e in found.ends] == [("resize", "Resize")]
-    assert found.ends[0].reason == "linear Resize: only nearest resizing is split so far"
+    assert found.ends[0].reason == "tf_crop_and_resize reads a region of interest: not split"

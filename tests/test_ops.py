@@ -162,6 +162,85 @@ def test_nearest_upsampling_feature_pyramid(tmp_path) -> None:
     _check(_model(nodes + [c3], w1 + w2 + [scales] + w3, [1, 3, 32, 24]), tmp_path)
 
 
+TRANSPOSED = {
+    "k2s2_unet": dict(k=2, strides=[2, 2]),
+    "k3s2_pads_output_padding": dict(k=3, strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    "k4s2_pad1": dict(k=4, strides=[2, 2], pads=[1, 1, 1, 1]),
+    "k3s1_same": dict(k=3, pads=[1, 1, 1, 1]),
+    "k1s2_rows_without_input": dict(k=1, strides=[2, 2], output_padding=[1, 0]),
+    "k3s3_asymmetric_pads": dict(k=3, strides=[3, 3], pads=[2, 0, 0, 1], output_padding=[2, 1]),
+    "k3s2_dilation2": dict(k=3, strides=[2, 2], dilations=[2, 2], pads=[2, 1, 1, 2], output_padding=[1, 1]),
+    "k4s2_grouped": dict(k=4, strides=[2, 2], pads=[1, 1, 1, 1], group=4),
+    "output_shape_same_upper": dict(k=3, strides=[2, 2], output_shape=[30, 22], auto_pad="SAME_UPPER"),
+    "output_shape_notset": dict(k=4, strides=[2, 2], output_shape=[29, 21]),
+    "auto_pad_same_lower": dict(k=3, strides=[2, 2], auto_pad="SAME_LOWER"),
+    "auto_pad_valid": dict(k=3, strides=[2, 2], auto_pad="VALID"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSPOSED))
+def test_conv_transpose_variants(case, tmp_path) -> None:
+    attrs = dict(TRANSPOSED[case])
+    k = attrs.pop("k")
+    group = attrs.get("group", 1)
+    first, w1 = _conv("c1", "x", 3, 16, 3, pads=[1, 1, 1, 1], strides=[2, 2])
+    weight = _weight("t_w", (16, 16 // group, k, k))
+    bias = numpy_helper.from_array((RNG.standard_normal(16) * 0.1).astype(np.float32), "t_b")
+    up = helper.make_node("ConvTranspose", ["c1", "t_w", "t_b"], ["t"], name="t", **attrs)
+    relu = helper.make_node("Relu", ["t"], ["r"])
+    last, w3 = _conv("c3", "r", 16, 8, 3, pads=[1, 1, 1, 1])
+    _check(_model([first, up, relu, last], w1 + [weight, bias] + w3, [1, 3, 29, 23]), tmp_path)
+
+
+RESIZES = {  # scales (or sizes as "out rows x out cols") of a 15x12 map, attributes
+    "linear_half_pixel_x2": ([1, 1, 2, 2], dict(mode="linear")),
+    "linear_pytorch_half_pixel_sizes_x2": ("30x24", dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel")),
+    "linear_asymmetric_x4": ([1, 1, 4, 4], dict(mode="linear", coordinate_transformation_mode="asymmetric")),
+    "linear_align_corners_x2": ([1, 1, 2, 2], dict(mode="linear", coordinate_transformation_mode="align_corners")),
+    "linear_half_pixel_x3": ([1, 1, 3, 3], dict(mode="linear")),
+    "linear_half_pixel_sizes_non_integer": ("23x19", dict(mode="linear")),
+    "linear_half_pixel_down": ("7x6", dict(mode="linear")),
+    "cubic_half_pixel_x2": ([1, 1, 2, 2], dict(mode="cubic")),
+    "cubic_align_corners_exclude_outside": ("29x20", dict(mode="cubic", coordinate_transformation_mode="align_corners",
+                                                          exclude_outside=1, cubic_coeff_a=-0.5)),
+    "cubic_asymmetric_x2": ([1, 1, 2, 2], dict(mode="cubic", coordinate_transformation_mode="asymmetric")),
+}
+
+
+@pytest.mark.parametrize("case", list(RESIZES))
+def test_linear_and_cubic_resize_variants(case, tmp_path) -> None:
+    """A bilinear (bicubic) decoder step between convolutions: every mode, transform and scale
+    kind, resized on the strip's own rows where that is exact, else on the strip zero-padded."""
+    size, attrs = RESIZES[case]
+    first, w1 = _conv("c1", "x", 3, 16, 3, pads=[1, 1, 1, 1], strides=[2, 2])
+    if isinstance(size, str):
+        rows, cols = (int(v) for v in size.split("x"))
+        const = numpy_helper.from_array(np.array([1, 16, rows, cols], np.int64), "sizes")
+        inputs = ["c1", "", "", "sizes"]
+    else:
+        const = numpy_helper.from_array(np.array(size, np.float32), "scales")
+        inputs = ["c1", "", "scales"]
+    up = helper.make_node("Resize", inputs, ["up"], name="up", **attrs)
+    last, w3 = _conv("c3", "up", 16, 8, 3, pads=[1, 1, 1, 1])
+    _check(_model([first, up, last], w1 + [const] + w3, [1, 3, 29, 23], opset=13), tmp_path)
+
+
+@pytest.mark.parametrize("transform", ["half_pixel", "align_corners"])
+def test_fpn_top_down_adds_a_bilinear_resize_into_a_lateral_conv(transform, tmp_path) -> None:
+    """ONNX Runtime fuses the Add into the lateral conv's NCHWc kernel unsplit: the strip's
+    resized rows, which reach the Add through a Slice, must be handed over blocked too."""
+    c0, w0 = _conv("c0", "x", 3, 16, 3, pads=[1, 1, 1, 1], strides=[2, 2])
+    c1, w1 = _conv("c1", "c0", 16, 16, 3, pads=[1, 1, 1, 1], strides=[2, 2])
+    lateral, wl = _conv("lat", "c0", 16, 16, 1)
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [c0, c1, lateral,
+             helper.make_node("Resize", ["c1", "", "scales"], ["up"], name="up", mode="linear",
+                              coordinate_transformation_mode=transform),
+             helper.make_node("Add", ["lat", "up"], ["sum"], name="sum")]
+    last, w3 = _conv("c3", "sum", 16, 8, 3, pads=[1, 1, 1, 1])
+    _check(_model(nodes + [last], w0 + w1 + wl + [scales] + w3, [1, 3, 32, 28], opset=13), tmp_path)
+
+
 def test_opset9_model_with_initializers_as_inputs_and_constant_nodes(tmp_path) -> None:
     c1, w1 = _conv("c1", "x", 3, 16, 3, pads=[1, 1, 1, 1])
     const = helper.make_node(

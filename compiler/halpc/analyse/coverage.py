@@ -14,14 +14,15 @@ import numpy as np
 import onnx
 
 from halpc.analyse.ops import (BINARY, CHANNEL_AXIS_OPS, CONTRIB, ENDS_TRUNK, QUANT_BINARY, QUANT_UNARY,
-                               QUANT_WINDOW, QUANTIZE, UNARY, UPSAMPLE, WINDOW, attr)
+                               QUANT_WINDOW, QUANTIZE, UNARY, UPSAMPLE, WINDOW, attr, upsample_scales)
+from halpc.analyse.resampling import resampled, transposed
 from halpc.analyse.trunk import Trunk
 from halpc.inputs.model import tensor_shapes
 
 # op -> (input holding the weight or the second factor, input holding the first factor)
 MAC_OPS = {"Conv": (1, 0), "ConvInteger": (1, 0), "QLinearConv": (3, 0), "ConvTranspose": (1, 0),
            "Gemm": (1, 0), "MatMul": (1, 0), "MatMulInteger": (1, 0), "QLinearMatMul": (3, 0)}
-ROW_LOCAL = UNARY | BINARY | WINDOW | UPSAMPLE | CHANNEL_AXIS_OPS | QUANTIZE | QUANT_WINDOW | QUANT_UNARY | QUANT_BINARY
+ROW_LOCAL = UNARY | BINARY | WINDOW | UPSAMPLE | {"ConvTranspose"} | CHANNEL_AXIS_OPS | QUANTIZE | QUANT_WINDOW | QUANT_UNARY | QUANT_BINARY
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def coverage(trunk: Trunk) -> Coverage:
         macs = node_macs(node, shapes)
         model_macs += macs
         split_macs += macs if id(node) in in_trunk else 0
-    ends = tuple(SplitEnd(node.name or node.output[0], node.op_type, why_it_ends(node, trunk))
+    ends = tuple(SplitEnd(node.name or node.output[0], node.op_type, why_it_ends(node, trunk, shapes))
                  for node in trunk.tail if set(node.input) & set(trunk.tensors))
     return Coverage(model_macs, split_macs, ends)
 
@@ -79,7 +80,7 @@ def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
     return int(np.prod(out)) * int(depth)
 
 
-def why_it_ends(node: onnx.NodeProto, trunk: Trunk) -> str:
+def why_it_ends(node: onnx.NodeProto, trunk: Trunk, shapes: dict) -> str:
     """Why `node`, which reads trunk rows, is not split itself."""
     known = set(trunk.tensors) | {i.name for i in trunk.model.graph.initializer} | set(trunk.constants)
     computed = [i for i in node.input if i and i not in known]
@@ -90,8 +91,27 @@ def why_it_ends(node: onnx.NodeProto, trunk: Trunk) -> str:
     if computed:
         return (f"it also reads {computed[0]!r}, which is computed outside the split (a gate or a "
                 "scale from pooled features, as in squeeze-and-excitation): rows alone do not give its output")
-    if node.op_type == "Resize" and attr(node, "mode", "nearest") != "nearest":
-        return f"{attr(node, 'mode', '')} Resize: only nearest resizing is split so far"
+    reason = _resampling_reason(node, trunk, shapes)
+    if reason:
+        return reason
     if node.op_type in ROW_LOCAL:
         return f"{node.op_type} with these attributes or shapes does not map output rows to input rows"
     return f"{node.op_type} is not an op halpc knows to work on rows"
+
+
+def _resampling_reason(node: onnx.NodeProto, trunk: Trunk, shapes: dict) -> str | None:
+    """What `resampling` says against a ConvTranspose, Resize or Upsample on trunk rows."""
+    x = trunk.tensors.get(node.input[0])
+    y = shapes.get(node.output[0], (None, 0))[0]
+    if x is None or not y:
+        return None
+    attrs = {a.name: attr(node, a.name, None) for a in node.attribute}
+    inits = {i.name: i for i in trunk.model.graph.initializer}
+    if node.op_type == "ConvTranspose" and node.input[1] in inits:
+        found = transposed(attrs, tuple(inits[node.input[1]].dims), x.shape, y)
+    elif node.op_type in UPSAMPLE:
+        opset = next((o.version for o in trunk.model.proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        found = resampled(node.op_type, attrs, upsample_scales(node, inits), x.shape, y, x.row_axis, opset)
+    else:
+        return None
+    return found if isinstance(found, str) else None

@@ -67,6 +67,7 @@ class ExactnessRules:
     def __init__(self, trunk: Trunk, target: Target) -> None:
         self.trunk, self.target = trunk, target
         self._conv = lru_cache(maxsize=None)(self._conv_rows_exact)
+        self._conv_transpose = lru_cache(maxsize=None)(self._conv_transpose_rows_exact)
 
     def why_inexact(self, io: BlockIO, rows: StripRows, threads: Threads) -> str | None:
         """None if every layer of the strip computes the unsplit model's values, else the first
@@ -87,6 +88,10 @@ class ExactnessRules:
         arch = self.target.arch
         if layer.op_type in TAIL_SENSITIVE.get(arch, ()):
             return self._tail(layer, out, total, threads)
+        if layer.op_type == "ConvTranspose" and not self._conv_transpose(layer.position, out, threads.reference,
+                                                                         threads.strip):
+            return (f"its SGEMM K-blocks on {self.target.name} differ from the unsplit layer's "
+                    f"({threads.strip} thread(s) here, {threads.reference} for the reference)")
         if layer.op_type == "Conv" and self.target.mlas is not None and layer.position not in self.trunk.integer:
             if not self._conv(layer.position, out, threads.reference, threads.strip):
                 return (f"its im2col + SGEMM K-blocks on {self.target.name} differ from the unsplit conv's "
@@ -100,6 +105,33 @@ class ExactnessRules:
         lo, hi = layer.window.needed(out)
         pads = layer.window.strip_pads(out)
         return mlas_rules.strip_is_exact(geometry, out, pads, hi - lo, reference, strip, self.target.mlas)
+
+    def _conv_transpose_rows_exact(self, position: int, out: Rows, reference: int, strip: int) -> bool:
+        """ONNX Runtime runs a ConvTranspose as one SGEMM (M = Cout/group x kernel, N = input
+        pixels, K = Cin/group) and a col2im that adds each output element's terms in kernel order,
+        whatever the strip. Every target, NCHWc or not, takes that path: the strip is exact iff
+        each of its input pixels lands in a GEMM call with the same kernel and K-blocks as in the
+        whole layer (`mlas_rules` rules 3-5), which always holds for K <= 128 (one block)."""
+        layer = self.trunk.layers[position]
+        x = self.trunk.tensors[layer.fmaps[0]].shape
+        weight = _weight_dims(self.trunk, layer.node.input[1])
+        group = attr(layer.node, "group", 1)
+        m, k = weight[1] * int(np.prod(weight[2:])), x[1] // group
+        if k <= mlas_rules.MLAS_SGEMM_STRIDEK:
+            return True
+        assert layer.transposed is not None
+        lo, hi = layer.transposed.needed(out)
+        width = x[3]
+        gemm = self.target.mlas or "x86_64-nonchwc"  # NCHWc has no ConvTranspose: MLAS's SGEMM
+
+        def calls(pixels: int, threads: int, offset: int = 0) -> list[tuple[int, int, mlas_rules.Signature]]:
+            """The SGEMM calls of one group's product (math::Gemm -> MlasGemmBatch), by pixel."""
+            return [(offset + a, offset + b, mlas_rules.sgemm_call_signature(m, b - a, k, gemm))
+                    for a, b in mlas_rules.gemm_batch_column_ranges(m, pixels, k, threads)]
+
+        full = calls(x[2] * width, reference)
+        part = calls((hi - lo) * width, strip, lo * width)
+        return all(sig == whole for a, b, sig in part for c, d, whole in full if a < d and c < b)
 
     def _tail(self, layer: Layer, out: Rows, total: int, threads: Threads) -> str | None:
         """Exact iff no element changes between vector body and scalar tail (see the module)."""

@@ -1,19 +1,21 @@
 """Per-op row arithmetic: which ONNX nodes work row-locally on feature maps, and how.
 
 `classify` turns one node into a trunk `Layer` (or None: not row-local, it ends the trunk on
-that path): windowed ops (Conv, pooling) get a `rows.Window`, nearest upsampling an `Upsample`,
-per-pixel and per-channel ops map each row to itself. A new op kind is added here.
+that path): windowed ops (Conv, pooling) get a `rows.Window`, ConvTranspose and Resize the row
+maps of `resampling`, per-pixel and per-channel ops map each row to itself. A new op kind is
+added here.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from halpc.analyse.rows import Rows, Upsample, Window
+from halpc.analyse.resampling import resampled, transposed
+from halpc.analyse.rows import Interpolated, Rows, Transposed, Upsample, Window
 from halpc.inputs.model import Shape
 
 UNARY = frozenset(
@@ -85,6 +87,13 @@ class Layer:
     window: Window | None = None
     pads: tuple[int, int, int, int] | None = None  # a window's explicit [top, left, bottom, right]
     upsample: Upsample | None = None
+    transposed: Transposed | None = None
+    interpolated: Interpolated | None = None
+
+    @property
+    def row_map(self) -> Window | Upsample | Transposed | Interpolated | None:
+        """How output rows map to input rows; None: each row to itself."""
+        return self.window or self.upsample or self.transposed or self.interpolated
 
     @property
     def name(self) -> str:
@@ -96,15 +105,16 @@ class Layer:
 
     def rows_needed(self, out: Rows) -> Rows:
         """Rows of every feature-map input that output rows `out` depend on."""
-        if self.window is not None:
-            return self.window.needed(out)
-        if self.upsample is not None:
-            return self.upsample.needed(out)
-        return out
+        return out if self.row_map is None else self.row_map.needed(out)
 
     def rows_produced(self, out: Rows) -> Rows:
         """Rows the node yields when given exactly `rows_needed(out)` (a superset of `out`)."""
         return self.upsample.produced(out) if self.upsample is not None else out
+
+    def rows_computed(self, out: Rows) -> Rows:
+        """Rows the node computes to yield `rows_produced(out)`: more for a Resize that
+        resamples a taller strip (`Interpolated`), which the strip then slices."""
+        return self.interpolated.computed(out) if self.interpolated is not None else self.rows_produced(out)
 
 
 def attr(node: onnx.NodeProto, name: str, default):
@@ -142,16 +152,27 @@ def classify(
 
     op = node.op_type
     row_axis = first.row_axis
-    window = upsample = pads = None
-    if op in WINDOW or op in QUANT_WINDOW:
+    window = pads = row_map = None
+    if op == "ConvTranspose":
+        if fmaps != (node.input[0],) or len(out_infos) != 1:
+            return None
+        found = transposed(_attrs(node), tuple(inits[node.input[1]].dims), first.shape, out_infos[0][0])
+        if isinstance(found, str) or row_axis != 2:
+            return None
+        row_map, pads = found
+        out_row_axis = row_axis
+    elif op in WINDOW or op in QUANT_WINDOW:
         found = _window(node, fmaps, first, out_infos, inits)
         if found is None:
             return None
         window, pads = found
         out_row_axis = row_axis
     elif op in UPSAMPLE:
-        upsample = _upsample(node, first, out_infos, inits, opset)
-        if upsample is None:
+        if len(out_infos) != 1 or any(n and n not in inits for n in node.input[1:]):
+            return None
+        row_map = resampled(op, _attrs(node), upsample_scales(node, inits), first.shape, out_infos[0][0],
+                            row_axis, opset)
+        if isinstance(row_map, str):
             return None
         out_row_axis = row_axis
     elif op == "Transpose":
@@ -168,7 +189,7 @@ def classify(
     for shape, _ in out_infos:
         if len(shape) <= out_row_axis:
             return None
-    if window is None and upsample is None and any(s[out_row_axis] != first.rows for s, _ in out_infos):
+    if window is None and row_map is None and any(s[out_row_axis] != first.rows for s, _ in out_infos):
         return None
     for out, (shape, elem_type) in zip(outputs, out_infos):
         tensors[out] = TensorInfo(shape, elem_type, out_row_axis)
@@ -180,7 +201,9 @@ def classify(
         macs=_macs(node, first, out_infos, inits),
         window=window,
         pads=pads,
-        upsample=upsample,
+        upsample=row_map if isinstance(row_map, Upsample) else None,
+        transposed=row_map if isinstance(row_map, Transposed) else None,
+        interpolated=row_map if isinstance(row_map, Interpolated) else None,
     )
 
 
@@ -270,63 +293,24 @@ def _window(node, fmaps, first: TensorInfo, out_infos, inits):
     return window, tuple(pads)
 
 
-def _nearest_source_row(r: int, scale: float, in_rows: int, out_rows: int, mode: str,
-                        nearest: str) -> int:
-    """The input row ONNX's nearest Resize reads for output row r (spec formulas)."""
-    if mode == "half_pixel":
-        x = (r + 0.5) / scale - 0.5
-    elif mode == "pytorch_half_pixel":
-        x = (r + 0.5) / scale - 0.5 if out_rows > 1 else 0.0
-    elif mode == "tf_half_pixel_for_nn":
-        x = (r + 0.5) / scale
-    elif mode == "align_corners":
-        x = r * (in_rows - 1) / (out_rows - 1) if out_rows > 1 else 0.0
-    else:  # asymmetric
-        x = r / scale
-    if nearest == "floor":
-        i = math.floor(x)
-    elif nearest == "ceil":
-        i = math.ceil(x)
-    elif nearest == "round_prefer_ceil":
-        i = math.floor(x + 0.5)
-    else:  # round_prefer_floor
-        i = math.ceil(x - 0.5)
-    return min(max(i, 0), in_rows - 1)
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: attr(node, a.name, None) for a in node.attribute}
 
 
-def _upsample(node, first: TensorInfo, out_infos, inits, opset: int) -> Upsample | None:
-    """Nearest upsampling whose row map is r -> r // s for an integer s, else None."""
-    if len(out_infos) != 1 or attr(node, "mode", "nearest") != "nearest":
-        return None
-    out_shape = out_infos[0][0]
-    in_rows, out_rows = first.rows, out_shape[first.row_axis]
-    if out_rows % in_rows:
-        return None
-    scale = out_rows // in_rows
-    # Batch and channel counts must not change: only rows (and columns) are resampled.
-    for axis, (a, b) in enumerate(zip(first.shape, out_shape)):
-        if axis != first.row_axis and axis < 2 and a != b:
-            return None
-    for name in node.input[1:]:
-        if name and name not in inits:
-            return None
-    if node.op_type == "Upsample" or opset < 11:
-        mode, nearest = "asymmetric", "floor"
-    else:
-        mode = attr(node, "coordinate_transformation_mode", "half_pixel")
-        nearest = attr(node, "nearest_mode", "round_prefer_floor")
-        if mode == "tf_crop_and_resize":
-            return None
-    if any(
-        _nearest_source_row(r, float(scale), in_rows, out_rows, mode, nearest) != r // scale
-        for r in range(out_rows)
-    ):
-        return None
-    return Upsample(scale=scale, in_rows=in_rows)
+def upsample_scales(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """A Resize's or Upsample's constant scales (None when it gives sizes instead)."""
+    if node.op_type == "Upsample" and attr(node, "scales", None):
+        return np.array(attr(node, "scales", None), np.float32)  # opset 7: an attribute
+    index = 1 if node.op_type == "Upsample" or len(node.input) == 2 else 2  # Resize-10: (X, scales)
+    if len(node.input) > index and node.input[index] in inits:
+        return numpy_helper.to_array(inits[node.input[index]])
+    return None
 
 
 def _macs(node, first: TensorInfo, out_infos, inits) -> int:
     out_elems = sum(int(np.prod(shape)) for shape, _ in out_infos)
+    if node.op_type == "ConvTranspose":  # every input value meets Cout/group x kernel weights
+        return int(np.prod(first.shape)) * int(np.prod(inits[node.input[1]].dims[1:]))
     if node.op_type in WEIGHT_INPUT:
         weight = inits[node.input[WEIGHT_INPUT[node.op_type]]].dims
         return out_elems * int(np.prod(weight[1:]))

@@ -9,6 +9,7 @@ every output element in the same order whatever the strip height).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 Rows = tuple[int, int]
@@ -88,3 +89,71 @@ class Upsample:
     def produced(self, out: Rows) -> Rows:
         lo, hi = self.needed(out)
         return (lo * self.scale, hi * self.scale)
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """A transposed convolution along the rows: input row i adds into output rows
+    i * stride - pad_top + [0, kernel), each of which sums its contributions in kernel order.
+
+    A strip reads every input row that reaches its output rows and gets top/bottom pads (and an
+    output_padding at the image's bottom) that crop its output to exactly those rows; ONNX Runtime
+    crops inside its col2im, so each kept element adds the same terms in the same order.
+    """
+
+    kernel: int  # effective kernel height: (k - 1) * dilation + 1
+    stride: int
+    pad_top: int
+    output_padding: int
+    in_rows: int
+    out_rows: int
+
+    def needed(self, out: Rows) -> Rows:
+        a, b = out
+        s, p, k = self.stride, self.pad_top, self.kernel
+        # The first and last input rows reaching [a, b), widened (when the kernel is shorter than
+        # the stride and rows of `out` get nothing) so that the strip's pads are never negative.
+        lo = min(-(-(a + p - k + 1) // s), (a + p) // s)
+        hi = max((b - 1 + p) // s + 1, -(-(b + p - k) // s) + 1)
+        lo = min(max(lo, 0), self.in_rows - 1)
+        return lo, min(max(hi, lo + 1), self.in_rows)
+
+    def strip_pads(self, out: Rows) -> tuple[int, int, int]:
+        """(top pad, bottom pad, output_padding) of the strip that yields exactly rows `out`."""
+        lo, hi = self.needed(out)
+        reach = (hi - 1) * self.stride - self.pad_top + self.kernel  # one past its last window row
+        bottom = reach - out[1]
+        return out[0] + self.pad_top - lo * self.stride, max(bottom, 0), max(-bottom, 0)
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    """Linear or cubic resampling along the rows (Resize): output row r interpolates input rows
+    around its source coordinate, `taps` of them, clamped to the image.
+
+    `shift_invariant`: the source coordinate of row r + scale * i is exactly that of r plus i
+    (a power-of-two integer scale with half_pixel, pytorch_half_pixel or asymmetric coordinates):
+    a strip resizes just the rows it reads and slices off the rows at its edges, which see a
+    different border. Otherwise the strip is zero-padded back to the full height, resized as
+    the whole image is (the same coordinates and weights) and sliced.
+    """
+
+    sources: tuple[float, ...]  # source coordinate of every output row (float64, for halos only)
+    taps: int  # 2 linear, 4 cubic
+    scale: int  # the integer row scale when shift_invariant
+    shift_invariant: bool
+    in_rows: int
+
+    def needed(self, out: Rows) -> Rows:
+        first, last = self.sources[out[0]], self.sources[out[1] - 1]
+        reach = self.taps // 2  # taps floor(x) - reach + 1 .. floor(x) + reach, one more each side
+        lo = math.floor(first) - reach
+        hi = math.floor(last) + reach + 2
+        return max(lo, 0), min(max(hi, 1), self.in_rows)
+
+    def computed(self, out: Rows) -> Rows:
+        """Output rows the strip's Resize makes before the slice to `out`."""
+        if not self.shift_invariant:
+            return 0, len(self.sources)
+        lo, hi = self.needed(out)
+        return lo * self.scale, hi * self.scale

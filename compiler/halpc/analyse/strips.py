@@ -117,8 +117,8 @@ def strip_macs(trunk: Trunk, io: BlockIO, rows: StripRows, integer: bool = False
     for layer in io.layers(trunk):
         out = rows.layer_rows.get(layer.position)
         if out is not None and (not integer or layer.position in trunk.integer):
-            produced = layer.rows_produced(out)
-            total += layer.macs * (produced[1] - produced[0]) // trunk.tensors[layer.outputs[0]].rows
+            computed = layer.rows_computed(out)
+            total += layer.macs * (computed[1] - computed[0]) // trunk.tensors[layer.outputs[0]].rows
     return total
 
 

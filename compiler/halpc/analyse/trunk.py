@@ -261,8 +261,7 @@ def _starts_fusion(tensor: str, later: list[Layer]) -> bool:
     return any(
         tensor in layer.fmaps
         and layer.op_type != "DequantizeLinear"  # a quantized tensor: cut before its DQ, see below
-        and layer.window is None
-        and layer.upsample is None
+        and layer.row_map is None
         and layer.op_type not in ("Concat", "Split", "Transpose")
         and len(set(layer.fmaps)) == 1
         for layer in later
@@ -286,6 +285,12 @@ def _receptive_fields(spatial_input: str, layers: list[Layer]) -> dict[str, int]
             rf, jump = rf + (layer.window.kernel - 1) * jump, jump * layer.window.stride
         elif layer.upsample is not None:
             jump = jump / layer.upsample.scale
+        elif layer.transposed is not None:  # an output row sums ceil(kernel / stride) input rows
+            t = layer.transposed
+            rf, jump = rf + (-(-t.kernel // t.stride) - 1) * jump, jump / t.stride
+        elif layer.interpolated is not None:
+            t = layer.interpolated
+            rf, jump = rf + (t.taps - 1) * jump, jump * Fraction(t.in_rows, len(t.sources))
         for out in layer.outputs:
             field_jump[out] = (rf, jump)
     return {t: math.ceil(rf) for t, (rf, _) in field_jump.items()}

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper, shape_inference
 from halpc.emit.layout import ReferenceLayout
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, StripRows
-from halpc.analyse.ops import TensorInfo
+from halpc.analyse.ops import TensorInfo, attr
 from halpc.analyse.trunk import Trunk, tail_io
 
 
@@ -68,6 +68,32 @@ class _Anchors:
         return self.made[name]
 
 
+def _slice(tensor: str, out: str, axis: int, rows: Rows, opset: int, new_inits: list) -> onnx.NodeProto:
+    """A node copying rows [begin, end) of `tensor` along `axis` into `out`."""
+    if opset < 10:
+        return helper.make_node("Slice", [tensor], [out], name=f"{out}__slice", axes=[axis], starts=[rows[0]],
+                                ends=[rows[1]])
+    consts = [numpy_helper.from_array(np.array([value], dtype=np.int64), f"{out}__{suffix}")
+              for suffix, value in (("starts", rows[0]), ("ends", rows[1]), ("axes", axis))]
+    new_inits.extend(consts)
+    return helper.make_node("Slice", [tensor, *(c.name for c in consts)], [out], name=f"{out}__slice")
+
+
+def _pad_to_full(tensor: str, held: Rows, info: TensorInfo, opset: int, nodes: list, new_inits: list) -> str:
+    """Zero rows around `tensor` (rows `held` of a map) up to the map's full height, so that a
+    Resize whose coordinates depend on the height computes exactly the unsplit model's."""
+    out = f"{tensor}__padded"
+    pads = [0] * (2 * len(info.shape))
+    pads[info.row_axis], pads[len(info.shape) + info.row_axis] = held[0], info.rows - held[1]
+    if opset < 11:
+        nodes.append(helper.make_node("Pad", [tensor], [out], name=out, pads=pads))
+    else:
+        const = numpy_helper.from_array(np.array(pads, np.int64), f"{out}__pads")
+        new_inits.append(const)
+        nodes.append(helper.make_node("Pad", [tensor, const.name], [out], name=out))
+    return out
+
+
 def _graph_input(name: str, info: TensorInfo, rows: Rows | None, opaque: bool) -> onnx.ValueInfoProto:
     """A graph input; `opaque` hides its channel count so ORT leaves a pool on it plain."""
     value_info = _value_info(name, info, rows)
@@ -95,27 +121,14 @@ def strip_model(
             return tensor
         if (tensor, need) not in slices:
             out = f"{tensor}__rows_{need[0]}_{need[1]}"
-            axis = trunk.tensors[tensor].row_axis
-            begin, end = need[0] - have[0], need[1] - have[0]
-            if opset < 10:
-                node = helper.make_node(
-                    "Slice", [tensor], [out], name=out, axes=[axis], starts=[begin], ends=[end]
-                )
-            else:
-                consts = []
-                for suffix, value in (("starts", begin), ("ends", end), ("axes", axis)):
-                    const = numpy_helper.from_array(
-                        np.array([value], dtype=np.int64), f"{out}__{suffix}"
-                    )
-                    new_inits.append(const)
-                    consts.append(const.name)
-                node = helper.make_node("Slice", [tensor, *consts], [out], name=out)
-            nodes.append(node)
+            nodes.append(_slice(tensor, out, trunk.tensors[tensor].row_axis, (need[0] - have[0], need[1] - have[0]),
+                                opset, new_inits))
             slices[(tensor, need)] = out
         return slices[(tensor, need)]
 
     anchor = _Anchors(nodes)
     opaque: set[str] = set()
+    resized: set[str] = set()  # outputs of an interpolating Resize, which reach consumers through a Slice
 
     used_inits: set[str] = set()
     for layer in io.layers(trunk):
@@ -126,7 +139,10 @@ def strip_model(
         for i, tensor in enumerate(node.input):
             if tensor in layer.fmaps:
                 name_in = read(tensor, rows.needs[(layer.position, tensor)])
-                if name_in != tensor or tensor in rows.inputs:
+                if layer.interpolated is not None and not layer.interpolated.shift_invariant:
+                    name_in = _pad_to_full(name_in, rows.needs[(layer.position, tensor)], trunk.tensors[tensor],
+                                           opset, nodes, new_inits)
+                if name_in != tensor or tensor in rows.inputs or tensor in resized:
                     if layout.needs_blocked_input(layer.node) and trunk.tensors[tensor].dtype == "float32":
                         name_in = anchor(name_in)
                     elif layout.needs_opaque_input(layer.node) and tensor in rows.inputs:
@@ -143,14 +159,29 @@ def strip_model(
             top, bottom = layer.window.strip_pads(out_rows)
             _drop_attr(node, "auto_pad")
             _set_ints(node, "pads", [top, layer.pads[1], bottom, layer.pads[3]])
-        if layer.upsample is not None and len(node.input) > 3 and node.input[3]:
+        if layer.transposed is not None:
+            assert layer.pads is not None
+            top, bottom, output_padding = layer.transposed.strip_pads(out_rows)
+            _drop_attr(node, "auto_pad")
+            _drop_attr(node, "output_shape")
+            _set_ints(node, "pads", [top, layer.pads[1], bottom, layer.pads[3]])
+            _set_ints(node, "output_padding", [output_padding, attr(layer.node, "output_padding", [0, 0])[1]])
+        made = layer.rows_computed(out_rows)
+        if (layer.upsample or layer.interpolated) and len(node.input) > 3 and node.input[3]:
             sizes = numpy_helper.to_array(inits[node.input[3]]).copy()
-            produced = layer.rows_produced(out_rows)
-            sizes[trunk.tensors[layer.outputs[0]].row_axis] = produced[1] - produced[0]
+            sizes[trunk.tensors[layer.outputs[0]].row_axis] = made[1] - made[0]
             sized = numpy_helper.from_array(sizes, f"{node.input[3]}__{name}")
             new_inits.append(sized)
             used_inits.discard(node.input[3])
             node.input[3] = sized.name
+        if layer.interpolated is not None:
+            # The rows at the resized strip's edges saw its border, not the image's: slice them off.
+            output = node.output[0]
+            resized.add(output)
+            node.output[0] = f"{output}__rows_{made[0]}_{made[1]}"
+            nodes.append(node)
+            node = _slice(node.output[0], output, trunk.tensors[output].row_axis,
+                          (out_rows[0] - made[0], out_rows[1] - made[0]), opset, new_inits)
         nodes.append(node)
 
     graph = helper.make_graph(
