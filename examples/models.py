@@ -48,7 +48,7 @@ MIN_CHANNELS = 8
 RESNET18_STAGES: tuple[int, ...] = (64, 128, 256, 512)
 
 
-class _GraphBuilder:
+class GraphBuilder:
     """Accumulates nodes and initializers for one model.
 
     Kept per-model (never module-level) so builders are re-entrant and a given
@@ -73,7 +73,7 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
-    def _normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+    def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
         return self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
     # -- layers -------------------------------------------------------------
@@ -91,9 +91,9 @@ class _GraphBuilder:
         bias: bool = False,
     ) -> str:
         fan_in = (cin // group) * kernel * kernel
-        inputs = [x, self.const(f"{name}.weight", self._normal((cout, cin // group, kernel, kernel), math.sqrt(2.0 / fan_in)))]
+        inputs = [x, self.const(f"{name}.weight", self.normal((cout, cin // group, kernel, kernel), math.sqrt(2.0 / fan_in)))]
         if bias:
-            inputs.append(self.const(f"{name}.bias", self._normal((cout,), 0.01)))
+            inputs.append(self.const(f"{name}.bias", self.normal((cout,), 0.01)))
         return self.node(
             "Conv", inputs, name,
             kernel_shape=[kernel, kernel], strides=[stride, stride],
@@ -106,8 +106,8 @@ class _GraphBuilder:
         BN parameter distinct (a folding bug would show up numerically)."""
         c = (channels,)
         gamma = self.rng.uniform(0.8, 1.2, c).astype(np.float32)
-        beta = self._normal(c, 0.05)
-        mean = self._normal(c, 0.05)
+        beta = self.normal(c, 0.05)
+        mean = self.normal(c, 0.05)
         var = self.rng.uniform(0.8, 1.2, c).astype(np.float32)
         params = [
             self.const(f"{name}.{suffix}", value)
@@ -135,18 +135,21 @@ class _GraphBuilder:
         """GlobalAveragePool -> Flatten -> Gemm, the head shared by all three."""
         pooled = self.node("GlobalAveragePool", [x], "gap")
         flat = self.node("Flatten", [pooled], "flatten", axis=1)
-        weight = self.const("fc.weight", self._normal((num_classes, channels), math.sqrt(1.0 / channels)))
-        bias = self.const("fc.bias", self._normal((num_classes,), 0.01))
+        weight = self.const("fc.weight", self.normal((num_classes, channels), math.sqrt(1.0 / channels)))
+        bias = self.const("fc.bias", self.normal((num_classes,), 0.01))
         return self.node("Gemm", [flat, weight, bias], OUTPUT_NAME, transB=1)
 
     # -- model --------------------------------------------------------------
 
-    def model(self, graph_name: str, height: int, width: int, num_classes: int, doc: str) -> onnx.ModelProto:
+    def model(self, graph_name: str, height: int, width: int, num_classes: int, doc: str,
+              output: tuple[str, list[int]] | None = None) -> onnx.ModelProto:
+        """The graph as a checked model; `output` (name, shape) replaces the class logits."""
+        name, shape = output or (OUTPUT_NAME, [1, num_classes])
         graph = helper.make_graph(
             self.nodes,
             graph_name,
             [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, height, width])],
-            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, num_classes])],
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)],
             initializer=self.initializers,
         )
         model = helper.make_model(
@@ -177,7 +180,7 @@ def vgg16(height: int = 224, width: int = 224, seed: int = 0, num_classes: int =
     big to generate, store and test quickly.
     """
     _check_size(height, width, 32)
-    b = _GraphBuilder(seed)
+    b = GraphBuilder(seed)
     x, cin, conv_i, pool_i = INPUT_NAME, 3, 0, 0
     for item in VGG16_LAYOUT:
         if item == "M":
@@ -217,7 +220,7 @@ def mobilenet_v1(
     if width_multiplier <= 0:
         raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
     _check_size(height, width, 32)
-    b = _GraphBuilder(seed)
+    b = GraphBuilder(seed)
     cin = mobilenet_channels(MOBILENET_V1_STEM, width_multiplier)
     x = b.conv(INPUT_NAME, "conv0", 3, cin, kernel=3, stride=2, pad=1)
     x = b.relu6(b.batch_norm(x, "conv0_bn", cin), "conv0_relu")
@@ -233,7 +236,7 @@ def mobilenet_v1(
     return b.model(f"mobilenet_v1_{width_multiplier:g}", height, width, num_classes, doc)
 
 
-def _basic_block(b: _GraphBuilder, x: str, name: str, cin: int, cout: int, stride: int) -> str:
+def _basic_block(b: GraphBuilder, x: str, name: str, cin: int, cout: int, stride: int) -> str:
     """ResNet BasicBlock; the 1x1/s2 projection appears only where the shape
     changes, exactly as in torchvision, so skip-edge fan-out is realistic."""
     y = b.conv(x, f"{name}_conv1", cin, cout, kernel=3, stride=stride, pad=1)
@@ -255,7 +258,7 @@ def resnet18(height: int = 224, width: int = 224, seed: int = 0, num_classes: in
     twice, by the block body and by the skip edge).
     """
     _check_size(height, width, 32)
-    b = _GraphBuilder(seed)
+    b = GraphBuilder(seed)
     x = b.conv(INPUT_NAME, "conv1", 3, 64, kernel=7, stride=2, pad=3)
     x = b.relu(b.batch_norm(x, "bn1", 64), "relu1")
     x = b.max_pool(x, "maxpool", kernel=3, stride=2, pad=1)

@@ -105,7 +105,7 @@ def compile_to_fresh(argv: list[Any], out: Path, test: str) -> Outcome:
 
 def micro_cnn(seed: int = 0, size: int = 16):
     """So few weights that a random byte of the file is as likely structure as weight."""
-    b = models._GraphBuilder(seed)
+    b = models.GraphBuilder(seed)
     x = b.relu(b.conv("input", "c1", 3, 4, 3, pad=1, bias=True), "r1")
     x = b.max_pool(x, "p1", 2, 2)
     x = b.relu(b.conv(x, "c2", 4, 4, 3, pad=1, bias=True), "r2")

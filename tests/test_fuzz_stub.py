@@ -63,7 +63,7 @@ COUNTS = Cases("stub messages")  # per test
 
 
 def tiny_cnn(seed: int, size: int = 24):
-    b = models._GraphBuilder(seed)
+    b = models.GraphBuilder(seed)
     x = b.relu(b.conv("input", "c1", 3, 8, 3, pad=1, bias=True), "r1")
     x = b.relu(b.conv(x, "c2", 8, 8, 3, pad=1, bias=True), "r2")
     x = b.max_pool(x, "p1", 2, 2)
