@@ -42,8 +42,10 @@ demo: setup
 	mkdir -p $(DEMO)
 	$(BIN)/python examples/models.py vgg16 -o $(DEMO)/vgg16.onnx
 	$(BIN)/halpc inspect $(DEMO)/vgg16.onnx
-	$(BIN)/halpc plan $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml --report $(DEMO)/plan.html
-	$(BIN)/halpc compile $(DEMO)/vgg16.onnx --cluster examples/cluster_local3.toml -o $(DEMO)/bundle
+	$(BIN)/halpc profile $(DEMO)/vgg16.onnx -o $(DEMO)/profile.json --heights 1,4,16,all --repeat 3 -q
+	$(BIN)/python examples/local_cluster.py --profile $(DEMO)/profile.json -o $(DEMO)/cluster.toml
+	$(BIN)/halpc plan $(DEMO)/vgg16.onnx --cluster $(DEMO)/cluster.toml --report $(DEMO)/plan.html
+	$(BIN)/halpc compile $(DEMO)/vgg16.onnx --cluster $(DEMO)/cluster.toml -o $(DEMO)/bundle
 	$(BIN)/halpc verify $(DEMO)/bundle --seeds 2
 	$(BIN)/halpc run $(DEMO)/bundle --spawn --check --tasks 5 --in-flight 1 --report $(DEMO)/run.html
 

@@ -18,7 +18,9 @@ import pytest
 
 import fetch_pretrained
 import light_models
+import local_cluster
 import models
+from halpc.inputs.cluster import load_cluster
 
 SMALL = 32  # smallest size every builder supports (5 stride-2 stages -> 1x1)
 
@@ -293,3 +295,27 @@ def test_example_measured_profile_is_a_valid_profile() -> None:
     profile = load_profile(Path(__file__).resolve().parent.parent / "examples" / "profiles" / "this_machine.json")
     assert profile["schema"] == SCHEMA and profile["measured"] is True and profile["layers"]
     assert all(e["per_row_ms"] >= 0 and e["fixed_ms"] >= 0 for e in profile["layers"].values())
+
+
+# -- the demo's cluster of this machine ----------------------------------------
+
+
+def test_local_cluster_has_a_device_per_core_each_with_the_measured_profile(tmp_path: Path) -> None:
+    profile = Path(__file__).parent.parent / "examples" / "profiles" / "this_machine.json"
+    out = tmp_path / "sub" / "cluster.toml"
+    out.parent.mkdir()
+    assert local_cluster.main(["--profile", str(profile), "-o", str(out), "--devices", "3"]) == 0
+    cluster = load_cluster(out)
+    assert [d.name for d in cluster.devices] == ["host", "dev-1", "dev-2"] and cluster.host.name == "host"
+    assert all(Path(d.profile) == profile.resolve() and d.threads == 1 for d in cluster.devices)
+    network = out.read_text()
+    assert "bandwidth_mbps = " in network and float(network.split("bandwidth_mbps = ")[1].split()[0]) > 100
+
+
+def test_local_cluster_refuses_a_missing_profile_in_one_line(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cluster.toml"
+    assert local_cluster.main(["--profile", str(tmp_path / "none.json"), "-o", str(out)]) == 2
+    assert local_cluster.main(["--profile", str(out), "-o", str(out), "--devices", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "halpc profile" in err[0] and "at least one worker" in err[1]
+    assert not out.exists()
