@@ -20,6 +20,9 @@ from halpc.analyse.ops import TensorInfo, attr
 from halpc.analyse.trunk import Trunk, tail_io
 
 
+NCHWC_BLOCK = 16  # channels per NCHWc block: 16 with AVX-512, 8 with AVX2 (16 covers both)
+
+
 class CompilerBug(AssertionError):
     """The compiler built a graph that contradicts its own row arithmetic."""
 
@@ -49,23 +52,44 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 class _Anchors:
-    """Identity MaxPools (1x1) that hand a layer its input in ORT's NCHWc layout (float tensors
-    only: NCHWc has no integer kernels, and an 8-bit anchor would not even load before opset 12).
+    """Identity layers that hand a layer its input in ORT's NCHWc layout (float tensors only:
+    NCHWc has no integer kernels, and an 8-bit anchor would not even load before opset 12).
 
     See `layout.ReferenceLayout`: a layer that ran on NCHWc inputs in the unsplit model must do so
-    in the strip too, but a strip input or a Slice is plain NCHW to ONNX Runtime.
+    in the strip too, but a strip input or a Slice is plain NCHW to ONNX Runtime. A 1x1 MaxPool
+    is the anchor where the channels fill whole NCHWc blocks; where they do not (8, 24, 40
+    channels with 16-wide blocks) ORT leaves a pool plain, so the anchor is a 1x1 convolution by
+    the identity matrix (x * 1 plus zeros: the same values), which ORT blocks with padding. It
+    ends in a Clip to the float range, fused as its activation, so that ORT cannot fuse a residual
+    Add into the anchor instead of into the convolution it fused it into unsplit.
     """
 
-    def __init__(self, nodes: list[onnx.NodeProto]) -> None:
-        self.nodes = nodes
+    def __init__(self, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], opset: int) -> None:
+        self.nodes, self.inits, self.opset = nodes, inits, opset
         self.made: dict[str, str] = {}
 
-    def __call__(self, name: str) -> str:
+    def __call__(self, name: str, channels: int) -> str:
         if name not in self.made:
             out = f"{name}__nchwc"
-            self.nodes.append(helper.make_node("MaxPool", [name], [out], name=out, kernel_shape=[1, 1]))
+            if channels % NCHWC_BLOCK:
+                eye = numpy_helper.from_array(np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1),
+                                              f"{out}__identity")
+                self.inits.append(eye)
+                self.nodes.append(helper.make_node("Conv", [name, eye.name], [f"{out}__conv"], name=f"{out}__conv",
+                                                   kernel_shape=[1, 1]))
+                self.nodes.append(self._clip(f"{out}__conv", out))
+            else:
+                self.nodes.append(helper.make_node("MaxPool", [name], [out], name=out, kernel_shape=[1, 1]))
             self.made[name] = out
         return self.made[name]
+
+    def _clip(self, tensor: str, out: str) -> onnx.NodeProto:
+        big = float(np.finfo(np.float32).max)
+        if self.opset < 11:
+            return helper.make_node("Clip", [tensor], [out], name=out, min=-big, max=big)
+        bounds = [numpy_helper.from_array(np.array(v, np.float32), f"{out}__{n}") for n, v in (("min", -big), ("max", big))]
+        self.inits.extend(bounds)
+        return helper.make_node("Clip", [tensor, *(b.name for b in bounds)], [out], name=out)
 
 
 def _slice(tensor: str, out: str, axis: int, rows: Rows, opset: int, new_inits: list) -> onnx.NodeProto:
@@ -126,7 +150,7 @@ def strip_model(
             slices[(tensor, need)] = out
         return slices[(tensor, need)]
 
-    anchor = _Anchors(nodes)
+    anchor = _Anchors(nodes, new_inits, opset)
     opaque: set[str] = set()
     resized: set[str] = set()  # outputs of an interpolating Resize, which reach consumers through a Slice
 
@@ -144,7 +168,7 @@ def strip_model(
                                            opset, nodes, new_inits)
                 if name_in != tensor or tensor in rows.inputs or tensor in resized:
                     if layout.needs_blocked_input(layer.node) and trunk.tensors[tensor].dtype == "float32":
-                        name_in = anchor(name_in)
+                        name_in = anchor(name_in, trunk.tensors[tensor].shape[1])
                     elif layout.needs_opaque_input(layer.node) and tensor in rows.inputs:
                         opaque.add(tensor)
                 node.input[i] = name_in
@@ -231,13 +255,14 @@ def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
     consumed, output_names = io
     source = trunk.model.proto
     nodes: list[onnx.NodeProto] = []
-    anchor = _Anchors(nodes)
+    anchors: list[onnx.TensorProto] = []
+    anchor = _Anchors(nodes, anchors, _opset(source))
     opaque: set[str] = set()
     for original in trunk.tail:
         node = copy.deepcopy(original)
         for i, t in enumerate(node.input):
             if t in trunk.tensors and layout.needs_blocked_input(original) and trunk.tensors[t].dtype == "float32":
-                node.input[i] = anchor(t)
+                node.input[i] = anchor(t, trunk.tensors[t].shape[1])
             elif t in trunk.tensors and layout.needs_opaque_input(original):
                 opaque.add(t)
         nodes.append(node)
@@ -254,7 +279,7 @@ def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
         "tail",
         inputs,
         [o for o in source.graph.output if o.name in output_names],
-        initializer=[inits[t] for t in consumed if t in inits],
+        initializer=[inits[t] for t in consumed if t in inits] + anchors,
     )
     model = helper.make_model(graph, opset_imports=list(source.opset_import), producer_name="halpc")
     model.ir_version = source.ir_version
