@@ -53,13 +53,31 @@ SE_UNET_MACS = {
 }
 
 
-def test_an_se_block_and_a_decoder_end_the_split_each_with_its_reason(tmp_path) -> None:
+def test_an_se_block_and_a_decoder_split_whole(tmp_path) -> None:
     trunk = trunk_of(save(_se_unet(np.random.default_rng(0)), tmp_path))
     found = coverage(trunk)
-    assert found.model_macs == sum(SE_UNET_MACS.values())
-    assert found.split_macs == SE_UNET_MACS["c0"]
-    assert {(e.node, e.op) for e in found.ends} == {("gap", "GlobalAveragePool"), ("scale", "Mul")}
+    assert found.model_macs == found.split_macs == sum(SE_UNET_MACS.values())
+    assert found.ends == () and trunk.tail == ()
+
+
+def test_a_gate_computed_by_a_flatten_and_gemm_ends_the_split_with_its_reason(tmp_path) -> None:
+    """SE blocks whose FCs are Gemms on a flattened vector (Keras exports) are not split: the
+    Flatten is not a layer of rows."""
+    model = _se_unet(np.random.default_rng(0))
+    graph = model.graph
+    squeeze = next(n for n in graph.node if n.name == "squeeze")
+    flat = helper.make_node("Flatten", ["g"], ["g_flat"], name="flatten")
+    gemm = helper.make_node("Gemm", ["g_flat", "w1_2d"], ["s1_flat"], transB=1, name="squeeze")
+    shape = helper.make_node("Reshape", ["s1_flat", "s1_shape"], ["s1"], name="unflatten")
+    graph.initializer.extend([numpy_helper.from_array(np.ones((2, 8), np.float32), "w1_2d"),
+                              numpy_helper.from_array(np.array([1, 2, 1, 1], np.int64), "s1_shape")])
+    position = list(graph.node).index(squeeze)
+    graph.node.remove(squeeze)
+    for i, node in enumerate((flat, gemm, shape)):
+        graph.node.insert(position + i, node)
+    found = coverage(trunk_of(save(model, tmp_path)))
     reasons = {e.node: e.reason for e in found.ends}
+    assert set(reasons) == {"gap", "scale"}
     assert reasons["gap"] == "a global pool reads every row"
     assert "reads 'gate', which is computed outside the split" in reasons["scale"]
 

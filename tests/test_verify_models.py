@@ -105,6 +105,8 @@ def test_trained_models_from_wheels(name, arch, tmp_path) -> None:
         checks = compile_and_verify(path, tmp_path / f"uneven{devices}", devices, plan=plan, input_shapes=shapes,
                                     arch=arch)
         assert_exact(checks)
+    assert_exact(compile_and_verify(path, tmp_path / "halp", 3, input_shapes=shapes, strategy="halp", arch=arch,
+                                    keep=False))
 
 
 @pytest.mark.slow

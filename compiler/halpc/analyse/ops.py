@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from halpc.analyse.resampling import resampled, transposed
-from halpc.analyse.rows import Interpolated, Rows, Transposed, Upsample, Window
+from halpc.analyse.rows import Interpolated, Reduced, Rows, Transposed, Upsample, Window
 from halpc.inputs.model import Shape
 
 UNARY = frozenset(
@@ -26,6 +26,8 @@ UNARY = frozenset(
 BINARY = frozenset("Add Sub Mul Div Pow Max Min Sum Mean".split())
 WINDOW = frozenset("Conv MaxPool AveragePool LpPool".split())
 UPSAMPLE = frozenset(("Resize", "Upsample"))
+# Reductions over the whole image: the sync points of squeeze-and-excitation blocks.
+REDUCE = frozenset(("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"))
 CHANNEL_AXIS_OPS = frozenset(("Concat", "Split", "Softmax", "LogSoftmax", "Hardmax"))
 # Quantized models (QOperator form): the integer twins of the ops above, each a row-local op whose
 # scales and zero points are constants. Integer convolutions accumulate exactly, so their strips
@@ -89,11 +91,14 @@ class Layer:
     upsample: Upsample | None = None
     transposed: Transposed | None = None
     interpolated: Interpolated | None = None
+    reduced: Reduced | None = None
+    # One-row feature maps (an SE gate) a binary op broadcasts along the rows: read whole.
+    broadcast: frozenset[str] = frozenset()
 
     @property
-    def row_map(self) -> Window | Upsample | Transposed | Interpolated | None:
+    def row_map(self) -> Window | Upsample | Transposed | Interpolated | Reduced | None:
         """How output rows map to input rows; None: each row to itself."""
-        return self.window or self.upsample or self.transposed or self.interpolated
+        return self.window or self.upsample or self.transposed or self.interpolated or self.reduced
 
     @property
     def name(self) -> str:
@@ -103,13 +108,17 @@ class Layer:
     def op_type(self) -> str:
         return self.node.op_type
 
-    def rows_needed(self, out: Rows) -> Rows:
-        """Rows of every feature-map input that output rows `out` depend on."""
+    def rows_needed(self, out: Rows, fmap: str | None = None) -> Rows:
+        """Rows of feature-map input `fmap` (default: any but a broadcast one) that output rows
+        `out` depend on."""
+        if fmap in self.broadcast:
+            return 0, 1
         return out if self.row_map is None else self.row_map.needed(out)
 
     def rows_produced(self, out: Rows) -> Rows:
         """Rows the node yields when given exactly `rows_needed(out)` (a superset of `out`)."""
-        return self.upsample.produced(out) if self.upsample is not None else out
+        made = self.upsample or self.reduced
+        return made.produced(out) if made is not None else out
 
     def rows_computed(self, out: Rows) -> Rows:
         """Rows the node computes to yield `rows_produced(out)`: more for a Resize that
@@ -140,8 +149,13 @@ def classify(
     if not fmaps or any(i and i not in tensors and i not in inits for i in node.input):
         return None
     outputs = tuple(o for o in node.output if o)
-    first = tensors[fmaps[0]]
-    if any(tensors[f].row_axis != first.row_axis or tensors[f].rows != first.rows for f in fmaps):
+    first = tensors[max(fmaps, key=lambda f: tensors[f].rows)]  # the map the output rows follow
+    broadcast = frozenset(f for f in fmaps if tensors[f].rows == 1 < first.rows
+                          and len(tensors[f].shape) == len(first.shape))
+    if broadcast and node.op_type not in BINARY | QUANT_BINARY:
+        return None
+    if any(tensors[f].row_axis != first.row_axis or (tensors[f].rows != first.rows and f not in broadcast)
+           for f in fmaps):
         return None
     out_infos = []
     for out in outputs:
@@ -175,6 +189,11 @@ def classify(
         if isinstance(row_map, str):
             return None
         out_row_axis = row_axis
+    elif op in REDUCE:
+        row_map = _reduced(node, first, out_infos, inits, opset)
+        if row_map is None:
+            return None
+        out_row_axis = row_axis
     elif op == "Transpose":
         perm = attr(node, "perm", list(reversed(range(len(first.shape)))))
         out_row_axis = list(perm).index(row_axis)
@@ -204,6 +223,8 @@ def classify(
         upsample=row_map if isinstance(row_map, Upsample) else None,
         transposed=row_map if isinstance(row_map, Transposed) else None,
         interpolated=row_map if isinstance(row_map, Interpolated) else None,
+        reduced=row_map if isinstance(row_map, Reduced) else None,
+        broadcast=broadcast,
     )
 
 
@@ -293,6 +314,19 @@ def _window(node, fmaps, first: TensorInfo, out_infos, inits):
     return window, tuple(pads)
 
 
+def _reduced(node, first: TensorInfo, out_infos, inits, opset: int) -> Reduced | None:
+    """A reduction of an NCHW map over both image axes that keeps them (one row, one column)."""
+    if len(first.shape) != 4 or first.row_axis != 2 or len(out_infos) != 1 or list(out_infos[0][0][2:]) != [1, 1]:
+        return None
+    if node.op_type.startswith("Reduce"):
+        axes = attr(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:  # opset 18: an input
+            axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+        if not attr(node, "keepdims", 1) or sorted(a % 4 for a in axes or ()) != [2, 3]:
+            return None
+    return Reduced(first.rows)
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: attr(node, a.name, None) for a in node.attribute}
 
@@ -311,6 +345,8 @@ def _macs(node, first: TensorInfo, out_infos, inits) -> int:
     out_elems = sum(int(np.prod(shape)) for shape, _ in out_infos)
     if node.op_type == "ConvTranspose":  # every input value meets Cout/group x kernel weights
         return int(np.prod(first.shape)) * int(np.prod(inits[node.input[1]].dims[1:]))
+    if node.op_type in REDUCE:  # reads every value once
+        return int(np.prod(first.shape))
     if node.op_type in WEIGHT_INPUT:
         weight = inits[node.input[WEIGHT_INPUT[node.op_type]]].dims
         return out_elems * int(np.prod(weight[1:]))

@@ -157,3 +157,18 @@ class Interpolated:
             return 0, len(self.sources)
         lo, hi = self.needed(out)
         return lo * self.scale, hi * self.scale
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A reduction over every row (GlobalAveragePool, ReduceMean over the image): its one output
+    row reads them all. A strip computes it from the whole map, gathered where it runs, so the
+    reduction is the unsplit model's, value for value."""
+
+    in_rows: int
+
+    def needed(self, out: Rows) -> Rows:
+        return 0, self.in_rows
+
+    def produced(self, out: Rows) -> Rows:
+        return 0, 1

@@ -27,6 +27,11 @@ class BlockIO:
     def layers(self, trunk: Trunk) -> tuple[Layer, ...]:
         return trunk.layers[self.start : self.stop]
 
+    def main_input(self, trunk: Trunk) -> str:
+        """The input whose rows the strips split (the largest; others are a gate read whole, a
+        skip beside it, ...)."""
+        return max(self.inputs, key=lambda t: trunk.tensors[t].rows)
+
 
 def block_io(trunk: Trunk, start: int, stop: int) -> BlockIO:
     layers = trunk.layers[start:stop]
@@ -90,8 +95,8 @@ def strip_rows(trunk: Trunk, io: BlockIO, owned: dict[str, Rows]) -> StripRows:
         if out is None:
             continue  # nothing of this strip depends on the layer
         layer_rows[layer.position] = out
-        need = layer.rows_needed(out)
         for t in layer.fmaps:
+            need = layer.rows_needed(out, t)
             needs[(layer.position, t)] = need
             required[t] = hull(required.get(t), need)
     held = {t: required[t] for t in io.inputs if t in required}

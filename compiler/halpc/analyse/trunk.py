@@ -23,6 +23,9 @@ from halpc.analyse.ops import BINARY, ENDS_TRUNK, QUANT_WINDOW, QUANTIZE, UNARY,
 from halpc.errors import HalpcError
 from halpc.inputs.model import LoadedModel, tensor_shapes
 
+MAX_LIVE = 4  # tensors a cut beside a sync point may carry: the map, the gate, a residual, ...
+
+
 @dataclass(frozen=True)
 class Cut:
     position: int  # layers[:position] come before the cut
@@ -126,8 +129,9 @@ def analyse(model: LoadedModel) -> Trunk:
             tail.append(node)
             continue
         layers.append(layer)
+    layers, unsynced = _sync_points_only(layers)
     layers, host_side = _dequantize_on_host(layers)
-    tail = host_side + tail
+    tail = host_side + unsynced + tail  # in the graph's order: a moved DQ feeds a moved pool
     if not any(layer.window is not None for layer in layers):
         stops = [f"{n.op_type} {n.name or n.output[0]!r}: {ENDS_TRUNK[n.op_type]}" for n in tail
                  if n.op_type in ENDS_TRUNK and set(n.input) & set(tensors)]
@@ -149,7 +153,7 @@ def analyse(model: LoadedModel) -> Trunk:
         layers=tuple(layers),
         tensors=trunk_tensors,
         exits=exits,
-        cuts=_cuts(spatial_input, layers),
+        cuts=_cuts(spatial_input, layers, _whole(layers)),
         tail=tuple(tail),
         constants=constants,
     )
@@ -231,7 +235,11 @@ def _input_row_axis(graph: onnx.GraphProto, name: str) -> int:
     return 2
 
 
-def _cuts(spatial_input: str, layers: list[Layer]) -> tuple[Cut, ...]:
+def _cuts(spatial_input: str, layers: list[Layer], whole: set[str]) -> tuple[Cut, ...]:
+    """Positions where one tensor is live, and around a sync point (an SE block's reduction and
+    the gate it makes) where several are: there the planner may give the reduction and its
+    gate a block of their own, run by the host from the gathered map, while the map waits on
+    the devices. A cut is named by its newest live tensor."""
     produced_at = {spatial_input: -1}
     last_use: dict[str, int] = {}
     for layer in layers:
@@ -242,12 +250,42 @@ def _cuts(spatial_input: str, layers: list[Layer]) -> tuple[Cut, ...]:
     cuts: list[Cut] = []
     seen = {spatial_input}
     for position in range(1, len(layers)):
-        live = [t for t, use in last_use.items() if produced_at[t] < position <= use]
-        if len(live) == 1 and live[0] not in seen and not _starts_fusion(live[0], layers[position:]) \
-                and not _dequantized(live[0], layers):
-            seen.add(live[0])
-            cuts.append(Cut(position, live[0]))
+        live = sorted((t for t, use in last_use.items() if produced_at[t] < position <= use),
+                      key=lambda t: produced_at[t])
+        syncing = layers[position].reduced is not None or any(t in whole for t in live)
+        if (len(live) == 1 or (syncing and len(live) <= MAX_LIVE)) and live[-1] not in seen \
+                and not any(_starts_fusion(t, layers[position:]) or _dequantized(t, layers) for t in live):
+            seen.add(live[-1])
+            cuts.append(Cut(position, live[-1]))
     return tuple(cuts)
+
+
+def _whole(layers: list[Layer]) -> set[str]:
+    """One-row tensors computed from a reduction over every row (an SE block's pooled vector,
+    its squeeze and its gate): devices get them whole."""
+    whole: set[str] = set()
+    for layer in layers:
+        if layer.reduced is not None or all(f in whole for f in layer.fmaps):
+            whole.update(layer.outputs)
+    return whole
+
+
+def _sync_points_only(layers: list[Layer]) -> tuple[list[Layer], list[onnx.NodeProto]]:
+    """Trunk layers less the reductions (and what follows from them alone) whose result no
+    row-split layer reads: a classifier's GlobalAveragePool stays in the tail, where the host
+    reduces the gathered map as before; an SE block's, which gates the map, is a sync point."""
+    whole = _whole(layers)
+    read: set[str] = set()
+    kept: list[Layer] = []
+    for layer in reversed(layers):
+        if set(layer.outputs) <= whole and not read & set(layer.outputs):
+            continue
+        kept.append(layer)
+        read.update(layer.fmaps)
+    if len(kept) == len(layers):
+        return layers, []
+    moved = [layer.node for layer in layers if layer not in kept]
+    return [dataclasses.replace(layer, position=i) for i, layer in enumerate(reversed(kept))], moved
 
 
 def _starts_fusion(tensor: str, later: list[Layer]) -> bool:
@@ -279,8 +317,9 @@ def _receptive_fields(spatial_input: str, layers: list[Layer]) -> dict[str, int]
     """Input rows one row of each trunk tensor depends on, ignoring image borders."""
     field_jump: dict[str, tuple[Fraction, Fraction]] = {spatial_input: (Fraction(1), Fraction(1))}
     for layer in layers:
-        rf = max(field_jump[t][0] for t in layer.fmaps)
-        jump = max(field_jump[t][1] for t in layer.fmaps)
+        rows_read = [t for t in layer.fmaps if t not in layer.broadcast]  # a gate is a sync point
+        rf = max(field_jump[t][0] for t in rows_read)
+        jump = max(field_jump[t][1] for t in rows_read)
         if layer.window is not None:
             rf, jump = rf + (layer.window.kernel - 1) * jump, jump * layer.window.stride
         elif layer.upsample is not None:
@@ -288,6 +327,8 @@ def _receptive_fields(spatial_input: str, layers: list[Layer]) -> dict[str, int]
         elif layer.transposed is not None:  # an output row sums ceil(kernel / stride) input rows
             t = layer.transposed
             rf, jump = rf + (-(-t.kernel // t.stride) - 1) * jump, jump / t.stride
+        elif layer.reduced is not None:
+            rf = rf + (layer.reduced.in_rows - 1) * jump
         elif layer.interpolated is not None:
             t = layer.interpolated
             rf, jump = rf + (t.taps - 1) * jump, jump * Fraction(t.in_rows, len(t.sources))

@@ -133,7 +133,7 @@ class Context:
         if key not in self._costs:
             names = list(self.cluster.names)
             host = self.cluster.host.name
-            scheduler = Scheduler(self.trunk, names, host, gather)
+            scheduler = Scheduler(self.trunk, names, host, gather, costing=True)
             before = 0.0
             if prev is not None:
                 scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)

@@ -31,7 +31,7 @@ def _strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> 
 def _compute_strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> tuple[float, Rows]:
     rows = strip_at(ctx.trunk, io, bounds, j)
     seconds = strip_macs(ctx.trunk, io, rows) / (ctx.speeds[device] * 1e9)
-    return seconds, rows.inputs.get(io.inputs[0], (0, 0))
+    return seconds, rows.inputs.get(io.main_input(ctx.trunk), (0, 0))
 
 
 def proportional_sizes(weights: list[float], total: int) -> list[int]:
@@ -147,7 +147,8 @@ def _input_rows(ctx: Context, io, out: Rows) -> Rows:
 def _compute_input_rows(ctx: Context, io, out: Rows) -> Rows:
     rows = ctx.trunk.tensors[io.reference].rows
     bounds = sorted({0, out[0], out[1], rows})
-    return strip_at(ctx.trunk, io, bounds, bounds.index(out[0])).inputs[io.inputs[0]]
+    strip = strip_at(ctx.trunk, io, bounds, bounds.index(out[0]))
+    return strip.inputs.get(io.main_input(ctx.trunk), (0, 0))
 
 
 def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> dict[str, float]:
@@ -156,7 +157,7 @@ def _halp_finish(ctx: Context, io, strips: tuple[Strip, ...], first: bool) -> di
     bounds = [strips[0].rows[0]] + [s.rows[1] for s in strips]
     finish: dict[str, float] = {d: 0.0 for d in ctx.cluster.names}
     link_free = 0.0
-    row_bytes = ctx.trunk.tensors[io.inputs[0]].row_bytes
+    row_bytes = ctx.trunk.tensors[io.main_input(ctx.trunk)].row_bytes
     for j, strip in enumerate(strips):
         seconds, needed = _strip_seconds(ctx, io, strip.device, bounds, j)
         start = 0.0

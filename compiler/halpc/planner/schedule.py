@@ -77,8 +77,12 @@ class Scheduler:
     host collects the whole feature map and hands out what the next block needs.
     """
 
-    def __init__(self, trunk: Trunk, devices: list[str], host: str, gather: bool = False) -> None:
+    def __init__(self, trunk: Trunk, devices: list[str], host: str, gather: bool = False,
+                 costing: bool = False) -> None:
         self.trunk, self.devices, self.host, self.gather = trunk, devices, host, gather
+        # Costing a block after the one before it only: rows of a tensor made further back (a
+        # map waiting beside an SE block's sync point) are taken to be where they are needed.
+        self.costing = costing
         full_input = (0, trunk.tensors[trunk.input].rows)
         self.holdings: dict[str, dict[str, list[Rows]]] = {d: {} for d in devices}
         self.holdings[host][trunk.input] = [full_input]
@@ -128,7 +132,7 @@ class Scheduler:
             device = job.device
             held = self.holdings[device]
             for tensor, need in job.rows.inputs.items():
-                if inputs_held:
+                if inputs_held or (self.costing and tensor not in self.owners):
                     held.setdefault(tensor, []).append(need)
                     continue
                 missing = [need]
