@@ -2,6 +2,7 @@
 
 Run (as root, for network namespaces): python benchmarks/distributed.py
     [--models vgg16,mobilenet_v1_100] [--bandwidths 50,100,1000] [--strategies halp,dpfp,modnn,ftp]
+    (models: those of examples/models.py, segmentation.py and backbones.py, at 224x224)
     [--tasks 7]
 
 Two devices: the host (this process, 1 ONNX Runtime thread) and dev-1 (a `halpc-stub` process
@@ -41,7 +42,9 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "examples")]
 
+import backbones  # noqa: E402
 import models  # noqa: E402
+import segmentation  # noqa: E402
 from halpc.measure import netlab  # noqa: E402
 from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
@@ -152,7 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             path = Path(tmp) / f"{name}.onnx"
-            onnx.save(models.build(name, 224, 224), str(path))
+            onnx.save(build(name), str(path))
             trunk = analyse(load_model(path))
             profile = Path(tmp) / f"{name}-profile.json"
             write_profile(profile_device(trunk, heights=(1, 4, 16, "all"), threads=1), profile)
@@ -184,6 +187,12 @@ def main() -> None:
                               f"{cell.predicted_s * 1e3:>8.1f}ms {cell.latency_s / cell.predicted_s:>10.3f} "
                               f"{cell.throughput_speedup:>6.2f}x {'yes' if cell.exact else 'NO':>5}  "
                               f"{_shares(load_manifest(out))}", flush=True)
+
+
+def build(name: str) -> onnx.ModelProto:
+    """A model of examples/ at 224x224: models.py, segmentation.py (U-Net, FPN) or backbones.py."""
+    other = {**segmentation.SEGMENTERS, **backbones.BACKBONES}
+    return other[name](224, 224) if name in other else models.build(name, 224, 224)
 
 
 def _timed(session, inputs) -> list[float]:
