@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+import backbones
 import models
 from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
 from halpc.analyse.strips import block_io
@@ -24,8 +25,9 @@ from quantize import quantize
 from test_cli_errors import error_line, run_cli
 from test_targets import emulated
 
-# (model, per-channel weight scales): residual QLinearAdds, depthwise QLinearConvs, plain chains.
-QUANTIZED = {"vgg16": False, "resnet18": True, "mobilenet_v1_100": True}
+# (model, per-channel weight scales): residual QLinearAdds, depthwise QLinearConvs, plain chains,
+# squeeze-and-excitation (its pool and gate float between DequantizeLinear and QuantizeLinear).
+QUANTIZED = {"vgg16": False, "resnet18": True, "mobilenet_v1_100": True, "mobilenet_v3_small": True}
 FORMS = ("qoperator", "qdq")
 MODELS = [f"{name}-{form}" for name in QUANTIZED for form in FORMS]
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
@@ -35,7 +37,8 @@ INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 def int8_model(tmp_path_factory, request) -> Path:
     name, form = request.param.split("-")
     folder = tmp_path_factory.mktemp(name)
-    float_model = save(models.build(name, 64, 64, seed=2), folder, f"{name}.onnx")
+    build = backbones.BACKBONES[name] if name in backbones.BACKBONES else models.BUILDERS[name]
+    float_model = save(build(64, 64, seed=2), folder, f"{name}.onnx")
     return quantize(float_model, folder / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
 
 

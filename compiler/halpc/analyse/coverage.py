@@ -91,6 +91,8 @@ def why_it_ends(node: onnx.NodeProto, trunk: Trunk, shapes: dict) -> str:
     if computed:
         return (f"it also reads {computed[0]!r}, which is computed outside the split (a gate or a "
                 "scale from pooled features, as in squeeze-and-excitation): rows alone do not give its output")
+    if node.op_type == "DequantizeLinear":  # trunk.py moves it there: not an end of the arithmetic
+        return "the host dequantizes the 8-bit rows it gathers (a quarter of the bytes on the wire)"
     reason = _resampling_reason(node, trunk, shapes)
     if reason:
         return reason
