@@ -1,7 +1,9 @@
 """Row arithmetic, checked against hand-computed cases (FINDINGS §1's formulas)."""
 from __future__ import annotations
 
-from halpc.analyse.rows import Upsample, Window, hull, intersect, proportional_split, subtract
+import numpy as np
+
+from halpc.analyse.rows import Transposed, Upsample, Window, hull, intersect, proportional_split, subtract
 
 
 def test_conv3x3_pad1_interior_strip_reads_one_halo_row_each_side() -> None:
@@ -63,3 +65,26 @@ def test_range_helpers() -> None:
     assert subtract((0, 10), (3, 5)) == [(0, 3), (5, 10)]
     assert subtract((0, 10), (0, 10)) == []
     assert proportional_split([0, 3, 7, 14], 14, 7) == [0, 2, 4, 7]
+
+
+def test_transposed_strips_read_every_contributing_row_and_yield_exactly_their_rows() -> None:
+    """Against brute force: input row i reaches output rows i*s - pad + [0, kernel)."""
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(300):
+        k, s, h = int(rng.integers(1, 7)), int(rng.integers(1, 4)), int(rng.integers(1, 12))
+        pad_top, pad_bottom, op = int(rng.integers(0, k)), int(rng.integers(0, k)), int(rng.integers(0, s))
+        out_rows = (h - 1) * s + k + op - pad_top - pad_bottom
+        if out_rows < 1:
+            continue
+        t = Transposed(kernel=k, stride=s, pad_top=pad_top, in_rows=h)
+        a = int(rng.integers(0, out_rows))
+        b = int(rng.integers(a + 1, out_rows + 1))
+        lo, hi = t.needed((a, b))
+        reaching = [i for i in range(h) if any(a <= i * s - pad_top + m < b for m in range(k))]
+        assert 0 <= lo < hi <= h and all(lo <= i < hi for i in reaching), (k, s, pad_top, h, a, b)
+        top, bottom, extra = t.strip_pads((a, b))
+        assert min(top, bottom, extra) >= 0 and extra <= op
+        assert (hi - lo - 1) * s + k + extra - top - bottom == b - a  # ONNX's output size: exactly [a, b)
+        checked += 1
+    assert checked > 200

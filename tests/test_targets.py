@@ -8,6 +8,7 @@ bundles compiled for aarch64 are verified and a real ARM64 stub serves an x86 ho
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import backbones
 import models
+import segmentation
 from bundles import free_ports, local_cluster, save, trunk_of
 from exactness_cases import run_cases
 from halpc.compile import compile_bundle
@@ -122,9 +125,11 @@ def run_inside(*command: str, timeout_s: float = 1800) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
-def test_the_rules_never_call_an_inexact_strip_exact_on_arm64() -> None:
+@pytest.mark.parametrize(("kind", "cases"), [("conv", 120), ("conv_transpose", 60)])
+def test_the_rules_never_call_an_inexact_strip_exact_on_arm64(kind: str, cases: int) -> None:
     emulated()
-    proc = run_inside("python", str(TESTS / "exactness_cases.py"), "--cases", "120", "--seed", "2")
+    proc = run_inside("python", str(TESTS / "exactness_cases.py"), "--cases", str(cases), "--seed", "2",
+                      "--kind", kind)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["target"] == "aarch64"
@@ -133,12 +138,15 @@ def test_the_rules_never_call_an_inexact_strip_exact_on_arm64() -> None:
 
 @pytest.mark.slow
 def test_bundles_for_aarch64_are_bit_exact_on_arm64(tmp_path: Path) -> None:
-    """VGG-16, ResNet-18 and MobileNet-V1 for 2-4 ARM boards, even, random and halp plans,
-    all verified in one emulated `halpc verify`."""
+    """VGG-16, ResNet-18, MobileNet-V1, a U-Net (ConvTranspose, skip Concats), a bilinear FPN and
+    MobileNetV3-Small (SE blocks) for 2-4 ARM boards, even, random and halp plans, all verified in
+    one emulated `halpc verify`."""
     emulated()
     bundles = []
-    for name in ("vgg16", "resnet18", "mobilenet_v1_100"):
-        path = save(models.build(name, 64, 64, seed=3), tmp_path, f"{name}.onnx")
+    builders = {name: functools.partial(models.build, name) for name in ("vgg16", "resnet18", "mobilenet_v1_100")}
+    builders.update(unet=segmentation.unet, fpn=segmentation.fpn, mobilenet_v3_small=backbones.BACKBONES["mobilenet_v3_small"])
+    for name, build in builders.items():
+        path = save(build(64, 64, seed=3), tmp_path, f"{name}.onnx")
         for devices, strategy in ((2, "even"), (3, "halp"), (4, "random")):
             cluster = local_cluster(devices)
             out = tmp_path / f"{name}-{devices}-{strategy}"
@@ -150,7 +158,7 @@ def test_bundles_for_aarch64_are_bit_exact_on_arm64(tmp_path: Path) -> None:
             compile_bundle(path, cluster, out, "even" if plan else strategy, plan, arch="aarch64")
             bundles.append(out)
     splits = sum(bool(load_manifest(b).program("dev-1")) for b in bundles)
-    assert splits >= 6, f"only {splits} of {len(bundles)} bundles split: the test would prove little"
+    assert splits >= 12, f"only {splits} of {len(bundles)} bundles split: the test would prove little"
     proc = run_cli("verify", *bundles)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("outputs exact: bit-exact") == len(bundles), proc.stdout

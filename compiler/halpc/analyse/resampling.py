@@ -45,8 +45,7 @@ def transposed(attrs: dict, weight: tuple[int, ...], x: Shape, y: Shape) -> tupl
         pads = tuple(attrs.get("pads") or (0, 0, 0, 0))
     if any(full[i] - pads[i] - pads[2 + i] != y[2 + i] for i in range(2)):
         return "ONNX Runtime's output size for this ConvTranspose differs from the model's shapes"
-    return Transposed(kernel=span[0], stride=strides[0], pad_top=pads[0], output_padding=output_padding[0],
-                      in_rows=x[2], out_rows=y[2]), pads
+    return Transposed(kernel=span[0], stride=strides[0], pad_top=pads[0], in_rows=x[2]), pads
 
 
 def resampled(op: str, attrs: dict, scales: np.ndarray | None, x: Shape, y: Shape, row_axis: int,

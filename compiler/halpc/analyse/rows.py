@@ -104,9 +104,7 @@ class Transposed:
     kernel: int  # effective kernel height: (k - 1) * dilation + 1
     stride: int
     pad_top: int
-    output_padding: int
     in_rows: int
-    out_rows: int
 
     def needed(self, out: Rows) -> Rows:
         a, b = out
