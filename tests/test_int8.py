@@ -33,12 +33,16 @@ MODELS = [f"{name}-{form}" for name in QUANTIZED for form in FORMS]
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 
 
+def build(name: str, seed: int):
+    """A float model of QUANTIZED at 64x64: examples/models.py or backbones.py."""
+    return (backbones.BACKBONES[name] if name in backbones.BACKBONES else models.BUILDERS[name])(64, 64, seed=seed)
+
+
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory, request) -> Path:
     name, form = request.param.split("-")
     folder = tmp_path_factory.mktemp(name)
-    build = backbones.BACKBONES[name] if name in backbones.BACKBONES else models.BUILDERS[name]
-    float_model = save(build(64, 64, seed=2), folder, f"{name}.onnx")
+    float_model = save(build(name, seed=2), folder, f"{name}.onnx")
     return quantize(float_model, folder / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
 
 
@@ -114,7 +118,7 @@ def test_int8_bundles_are_bit_exact_on_arm64(tmp_path: Path) -> None:
     emulated()
     bundles = []
     for name, form in (model.split("-") for model in MODELS):
-        float_model = save(models.build(name, 64, 64, seed=4), tmp_path, f"{name}.onnx")
+        float_model = save(build(name, seed=4), tmp_path, f"{name}.onnx")
         path = quantize(float_model, tmp_path / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
         trunk = trunk_of(path)
         for devices in (2, 4):

@@ -68,10 +68,12 @@ class _Anchors:
         self.nodes, self.inits, self.opset = nodes, inits, opset
         self.made: dict[str, str] = {}
 
-    def __call__(self, name: str, channels: int) -> str:
+    def __call__(self, name: str, info: TensorInfo) -> str:
         if name not in self.made:
             out = f"{name}__nchwc"
-            if channels % NCHWC_BLOCK:
+            channels = info.shape[1]
+            # Only an NCHW map has its channels on axis 1 (a channels-last input keeps the pool).
+            if info.row_axis == 2 and channels % NCHWC_BLOCK:
                 eye = numpy_helper.from_array(np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1),
                                               f"{out}__identity")
                 self.inits.append(eye)
@@ -168,7 +170,7 @@ def strip_model(
                                            opset, nodes, new_inits)
                 if name_in != tensor or tensor in rows.inputs or tensor in resized:
                     if layout.needs_blocked_input(layer.node) and trunk.tensors[tensor].dtype == "float32":
-                        name_in = anchor(name_in, trunk.tensors[tensor].shape[1])
+                        name_in = anchor(name_in, trunk.tensors[tensor])
                     elif layout.needs_opaque_input(layer.node) and tensor in rows.inputs:
                         opaque.add(tensor)
                 node.input[i] = name_in
@@ -262,7 +264,7 @@ def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
         node = copy.deepcopy(original)
         for i, t in enumerate(node.input):
             if t in trunk.tensors and layout.needs_blocked_input(original) and trunk.tensors[t].dtype == "float32":
-                node.input[i] = anchor(t, trunk.tensors[t].shape[1])
+                node.input[i] = anchor(t, trunk.tensors[t])
             elif t in trunk.tensors and layout.needs_opaque_input(original):
                 opaque.add(t)
         nodes.append(node)
