@@ -1,7 +1,8 @@
-"""Backbones with squeeze-and-excitation, built in code with seeded weights: MobileNetV3-Large
-and -Small (Howard et al. 2019, HardSigmoid gates, HardSwish) and EfficientNet-B0 (Tan and Le
-2019, Sigmoid gates, Swish), the layouts torchvision uses, with the GlobalAveragePool ->
-Flatten -> Gemm classifier of `models`.
+"""Backbones of inverted residuals, built in code with seeded weights: MobileNetV2 (Sandler et
+al. 2018, ReLU6, no SE) and, with squeeze-and-excitation, MobileNetV3-Large and -Small (Howard
+et al. 2019, HardSigmoid gates, HardSwish) and EfficientNet-B0 (Tan and Le 2019, Sigmoid gates,
+Swish), the layouts torchvision uses, with the GlobalAveragePool -> Flatten -> Gemm classifier
+of `models`.
 
 In an SE block a GlobalAveragePool reads every row of the map, two 1x1 convolutions turn the
 pooled vector into a per-channel gate, and a Mul scales the map by it: the sync point halpc
@@ -35,6 +36,9 @@ MOBILENET_V3_SMALL = (
     (5, 120, 48, True, "hswish", 1), (5, 144, 48, True, "hswish", 1), (5, 288, 96, True, "hswish", 2),
     (5, 576, 96, True, "hswish", 1), (5, 576, 96, True, "hswish", 1),
 )
+# (expansion, out, repeats, stride) of MobileNetV2's seven stages, all 3x3.
+MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1))
 # (expansion, kernel, stride, out, repeats) of EfficientNet-B0's seven stages.
 EFFICIENTNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
                    (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
@@ -47,6 +51,8 @@ def _divisible(v: float, divisor: int = 8) -> int:
 def _act(b: GraphBuilder, x: str, name: str, kind: str) -> str:
     if kind == "relu":
         return b.relu(x, name)
+    if kind == "relu6":
+        return b.relu6(x, name)
     if kind == "hswish":
         return b.node("HardSwish", [x], name)
     return b.node("Mul", [x, b.node("Sigmoid", [x], f"{name}_sigmoid")], name)  # swish
@@ -75,6 +81,20 @@ def _inverted_residual(b: GraphBuilder, x: str, name: str, cin: int, expanded: i
         y = _squeeze_excite(b, y, f"{name}_se", expanded, *se)
     y = _conv_bn_act(b, y, f"{name}_project", expanded, cout, 1)
     return b.node("Add", [y, x], f"{name}_add") if stride == 1 and cin == cout else y
+
+
+def mobilenet_v2(height: int = 224, width: int = 224, seed: int = 0, num_classes: int = 1000) -> onnx.ModelProto:
+    b = GraphBuilder(seed)
+    x = _conv_bn_act(b, INPUT_NAME, "stem", 3, 32, 3, 2, act="relu6")
+    cin, n = 32, 0
+    for expansion, cout, repeats, stride in MOBILENET_V2:
+        for r in range(repeats):
+            x = _inverted_residual(b, x, f"block{n}", cin, cin * expansion, cout, 3, stride if r == 0 else 1,
+                                   "relu6", None)
+            cin, n = cout, n + 1
+    x = _conv_bn_act(b, x, "last", cin, 1280, 1, act="relu6")
+    b.classifier(x, 1280, num_classes)
+    return b.model("mobilenet_v2", height, width, num_classes, __doc__ or "")
 
 
 def mobilenet_v3(table, last: int, height: int = 224, width: int = 224, seed: int = 0,
@@ -107,6 +127,7 @@ def efficientnet_b0(height: int = 224, width: int = 224, seed: int = 0, num_clas
 
 
 BACKBONES = {
+    "mobilenet_v2": mobilenet_v2,
     "mobilenet_v3_large": lambda h=224, w=224, seed=0: mobilenet_v3(MOBILENET_V3_LARGE, "large", h, w, seed),
     "mobilenet_v3_small": lambda h=224, w=224, seed=0: mobilenet_v3(MOBILENET_V3_SMALL, "small", h, w, seed),
     "efficientnet_b0": efficientnet_b0,

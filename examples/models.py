@@ -45,7 +45,7 @@ MOBILENET_V1_BLOCKS: tuple[tuple[int, int], ...] = (
 MOBILENET_V1_STEM = 32
 MIN_CHANNELS = 8
 
-RESNET18_STAGES: tuple[int, ...] = (64, 128, 256, 512)
+RESNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
 
 
 class GraphBuilder:
@@ -250,6 +250,38 @@ def _basic_block(b: GraphBuilder, x: str, name: str, cin: int, cout: int, stride
     return b.relu(b.node("Add", [y, skip], f"{name}_add"), f"{name}_relu2")
 
 
+def _bottleneck(b: GraphBuilder, x: str, name: str, cin: int, width: int, stride: int) -> str:
+    """ResNet Bottleneck as torchvision builds it (v1.5: the stride on the 3x3), 4x expansion."""
+    cout = width * 4
+    y = b.relu(b.batch_norm(b.conv(x, f"{name}_conv1", cin, width, kernel=1), f"{name}_bn1", width), f"{name}_relu1")
+    y = b.conv(y, f"{name}_conv2", width, width, kernel=3, stride=stride, pad=1)
+    y = b.relu(b.batch_norm(y, f"{name}_bn2", width), f"{name}_relu2")
+    y = b.batch_norm(b.conv(y, f"{name}_conv3", width, cout, kernel=1), f"{name}_bn3", cout)
+    skip = x
+    if stride != 1 or cin != cout:
+        skip = b.batch_norm(b.conv(x, f"{name}_down", cin, cout, kernel=1, stride=stride), f"{name}_down_bn", cout)
+    return b.relu(b.node("Add", [y, skip], f"{name}_add"), f"{name}_relu3")
+
+
+def _resnet(name: str, repeats: tuple[int, ...], bottleneck: bool, height: int, width: int, seed: int,
+            num_classes: int, doc: str) -> onnx.ModelProto:
+    _check_size(height, width, 32)
+    b = GraphBuilder(seed)
+    x = b.conv(INPUT_NAME, "conv1", 3, 64, kernel=7, stride=2, pad=3)
+    x = b.relu(b.batch_norm(x, "bn1", 64), "relu1")
+    x = b.max_pool(x, "maxpool", kernel=3, stride=2, pad=1)
+    cin = 64
+    for stage, (channels, count) in enumerate(zip(RESNET_WIDTHS, repeats), start=1):
+        for block in range(count):
+            stride = 2 if stage > 1 and block == 0 else 1
+            if bottleneck:
+                x, cin = _bottleneck(b, x, f"layer{stage}_{block}", cin, channels, stride), channels * 4
+            else:
+                x, cin = _basic_block(b, x, f"layer{stage}_{block}", cin, channels, stride), channels
+    b.classifier(x, cin, num_classes)
+    return b.model(name, height, width, num_classes, doc)
+
+
 def resnet18(height: int = 224, width: int = 224, seed: int = 0, num_classes: int = 1000) -> onnx.ModelProto:
     """ResNet-18: conv7x7/s2 + BN + ReLU, MaxPool 3x3/s2, 4 stages x 2
     BasicBlocks (64, 128, 256, 512), GlobalAveragePool -> Gemm.
@@ -257,19 +289,13 @@ def resnet18(height: int = 224, width: int = 224, seed: int = 0, num_classes: in
     The residual Adds give the compiler non-chain dataflow (a tensor consumed
     twice, by the block body and by the skip edge).
     """
-    _check_size(height, width, 32)
-    b = GraphBuilder(seed)
-    x = b.conv(INPUT_NAME, "conv1", 3, 64, kernel=7, stride=2, pad=3)
-    x = b.relu(b.batch_norm(x, "bn1", 64), "relu1")
-    x = b.max_pool(x, "maxpool", kernel=3, stride=2, pad=1)
-    cin = 64
-    for stage, cout in enumerate(RESNET18_STAGES, start=1):
-        for block in range(2):
-            stride = 2 if stage > 1 and block == 0 else 1
-            x = _basic_block(b, x, f"layer{stage}_{block}", cin, cout, stride)
-            cin = cout
-    b.classifier(x, cin, num_classes)
-    return b.model("resnet18", height, width, num_classes, resnet18.__doc__ or "")
+    return _resnet("resnet18", (2, 2, 2, 2), False, height, width, seed, num_classes, resnet18.__doc__ or "")
+
+
+def resnet50(height: int = 224, width: int = 224, seed: int = 0, num_classes: int = 1000) -> onnx.ModelProto:
+    """ResNet-50: the same stem, 3/4/6/3 Bottlenecks (1x1, 3x3, 1x1 to 4x the
+    width: 256 ... 2048 channels), GlobalAveragePool -> Gemm."""
+    return _resnet("resnet50", (3, 4, 6, 3), True, height, width, seed, num_classes, resnet50.__doc__ or "")
 
 
 BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -279,6 +305,7 @@ BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     "mobilenet_v1_075": functools.partial(mobilenet_v1, 0.75),
     "mobilenet_v1_100": functools.partial(mobilenet_v1, 1.0),
     "resnet18": resnet18,
+    "resnet50": resnet50,
 }
 
 

@@ -79,7 +79,7 @@ def backbone(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
-def test_at_least_90_percent_of_an_se_backbone_is_split(name, tmp_path) -> None:
+def test_at_least_90_percent_of_a_backbone_is_split(name, tmp_path) -> None:
     model = backbones.BACKBONES[name](224, 224)
     found = coverage(trunk_of(save(model, tmp_path)))
     classifier = np.prod(next(i.dims for i in model.graph.initializer if i.name == "fc.weight"))
@@ -88,12 +88,12 @@ def test_at_least_90_percent_of_an_se_backbone_is_split(name, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("devices", [2, 3, 4])
-def test_se_backbones_verify_bit_exact_with_even_and_random_plans(backbone, devices, tmp_path) -> None:
+def test_backbones_verify_bit_exact_with_even_and_random_plans(backbone, devices, tmp_path) -> None:
     names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
     assert_exact(compile_and_verify(backbone, tmp_path / "even", devices, keep=False))
     plan = random_plan(trunk_of(backbone), names, seed=devices)
     assert_exact(compile_and_verify(backbone, tmp_path / "random", devices, plan=plan, keep=False))
 
 
-def test_se_backbones_verify_bit_exact_with_halp(backbone, tmp_path) -> None:
+def test_backbones_verify_bit_exact_with_halp(backbone, tmp_path) -> None:
     assert_exact(compile_and_verify(backbone, tmp_path / "halp", 3, strategy="halp", keep=False))
