@@ -3,7 +3,7 @@
 Run (as root, for network namespaces): python benchmarks/distributed.py
     [--models vgg16,mobilenet_v1_100] [--bandwidths 50,100,1000] [--strategies halp,dpfp,modnn,ftp]
     (models: those of examples/models.py, segmentation.py and backbones.py, at 224x224)
-    [--tasks 7]
+    [--tasks 7] [--int8]   (--int8: each model quantized first, QOperator, examples/quantize.py)
 
 Two devices: the host (this process, 1 ONNX Runtime thread) and dev-1 (a `halpc-stub` process
 in its own network namespace, 1 thread), joined by a veth link shaped with tbf to each
@@ -45,6 +45,7 @@ sys.path[:0] = [str(ROOT / "examples")]
 import backbones  # noqa: E402
 import models  # noqa: E402
 import segmentation  # noqa: E402
+from quantize import quantize  # noqa: E402
 from halpc.measure import netlab  # noqa: E402
 from halpc.inputs.cluster import parse_cluster  # noqa: E402
 from halpc.compile import compile_bundle  # noqa: E402
@@ -63,10 +64,12 @@ PORTS = (5801, 5802)
 
 
 def cluster(lab, mbps: float, latency_ms: float, profile: Path, gmacs: float):
+    """Both devices at `gmacs`, integer convolutions too: in a quantized model nearly every MAC is
+    one, so the rate the unsplit runs show is theirs."""
     text = f"[network]\nbandwidth_mbps = {mbps:.3f}\nlatency_ms = {latency_ms:.4f}\n"
     for i, (name, ip) in enumerate((("host", lab.host_ip), ("dev-1", lab.ip("dev-1")))):
         text += (f'[[device]]\nname = "{name}"\naddress = "{ip}:{PORTS[i]}"\nprofile = "{profile}"\n'
-                 f"gmacs = {gmacs:.3f}\n")
+                 f"gmacs = {gmacs:.3f}\nint8_gmacs = {gmacs:.3f}\n")
         text += "host = true\n" if i == 0 else ""
     return parse_cluster(text, source="bench")
 
@@ -103,7 +106,7 @@ def measure(bundle: Path, lab, reference, inputs: list[dict], trunk) -> Cell:
     local_s = statistics.median(local)
     data = copy.deepcopy(manifest.data)
     for cost in data["cost"].values():
-        cost["gmacs"] = trunk.macs / local_s / 1e9
+        cost["gmacs"] = cost["int8_gmacs"] = trunk.macs / local_s / 1e9
     return Cell(local_s, statistics.median(split), statistics.median(l / d for l, d in zip(local, split)),
                 predict_bundle(data).latency_s, local_s * throughput, exact)
 
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--bandwidths", default="50,100,1000")
     parser.add_argument("--strategies", default="halp,dpfp,modnn,ftp")
     parser.add_argument("--tasks", type=int, default=7)
+    parser.add_argument("--int8", action="store_true", help="quantize each model first (QOperator)")
     args = parser.parse_args()
     reason = netlab.available()
     if reason:
@@ -156,6 +160,8 @@ def main() -> None:
         for name in args.models.split(","):
             path = Path(tmp) / f"{name}.onnx"
             onnx.save(build(name), str(path))
+            if args.int8:
+                path = quantize(path, Path(tmp) / f"{name}_int8.onnx")
             trunk = analyse(load_model(path))
             profile = Path(tmp) / f"{name}-profile.json"
             write_profile(profile_device(trunk, heights=(1, 4, 16, "all"), threads=1), profile)
@@ -163,7 +169,8 @@ def main() -> None:
             shape = trunk.tensors[trunk.input].shape
             inputs = [{trunk.input: np.random.default_rng(s).standard_normal(shape).astype(np.float32)}
                       for s in range(args.tasks)]
-            print(f"\n{name} 224x224, {trunk.macs / 1e9:.2f} GMAC; 2 devices x 1 thread, tbf links")
+            print(f"\n{name}{' int8' * args.int8} 224x224, {trunk.macs / 1e9:.2f} GMAC; 2 devices x 1 thread, "
+                  f"tbf links")
             print(f"{'Mbit/s':>7} {'goodput':>8} {'msg ms':>7} {'strategy':<9} {'local':>8} {'speedup':>8} "
                   f"{'measured':>9} {'predicted':>10} {'meas/pred':>10} {'thru x':>7} exact  shares")
             for mbps in (float(b) for b in args.bandwidths.split(",")):

@@ -31,13 +31,14 @@ STRATEGIES = ("local", "even", "modnn", "ftp", "dpfp", "halp")
 
 
 def cluster(devices: int, mbps: float, gmacs: float = 8.0, latency_ms: float = 2.0,
-            slow: dict[str, float] | None = None):
-    """host, dev-1, ... of `gmacs` each on links of `mbps` (used by the other benchmarks too);
-    `slow` gives the named devices' links (to every other device) their own rate."""
+            slow: dict[str, float] | None = None, int8_gmacs: float | None = None):
+    """host, dev-1, ... of `gmacs` (and `int8_gmacs`) each on links of `mbps` (used by the other
+    benchmarks too); `slow` gives the named devices' links (to every other device) their own rate."""
     names = ["host"] + [f"dev-{i}" for i in range(1, devices)]
     text = f"[network]\nbandwidth_mbps = {mbps}\nlatency_ms = {latency_ms}\n"
     for i, name in enumerate(names):
         text += f'[[device]]\nname = "{name}"\naddress = "10.0.0.{i + 1}:5700"\ngmacs = {gmacs}\n'
+        text += f"int8_gmacs = {int8_gmacs}\n" if int8_gmacs else ""
         text += "host = true\n" if i == 0 else ""
     for device, rate in (slow or {}).items():
         for other in names:
