@@ -19,6 +19,7 @@ from halpc.inputs.target import TARGETS
 from halpc.planner.context import context
 from halpc.planner.legal import Legal
 from halpc.planner.plan import even_plan
+from halpc_stub import wire
 from halpc_stub.manifest import load_manifest
 from planning import random_plan
 from quantize import quantize
@@ -110,6 +111,37 @@ def test_int8_strips_need_no_merging_on_arm64_and_travel_as_bytes(int8_model: Pa
     manifest = load_manifest(tmp_path / "b")
     sent = {step["tensor"] for d in manifest.workers for step in manifest.program(d) if step["op"] == "send"}
     assert sent and all(manifest.tensors[t].dtype == "uint8" for t in sent), {t: manifest.tensors[t] for t in sent}
+
+
+@pytest.mark.parametrize("int8_model", ["vgg16-qoperator"], indirect=True)
+def test_the_stub_refuses_rows_of_another_dtype_or_size(int8_model: Path, tmp_path: Path) -> None:
+    """Every uint8 receive of a worker in an int8 bundle: the right bytes pass, the same rows as float32 (or
+    int8) are refused by name, and a uint8 buffer one byte short is refused."""
+    plan = even_plan(trunk_of(int8_model), ["host", "dev-1", "dev-2"])
+    compile_bundle(int8_model, local_cluster(3), tmp_path / "b", plan=plan)
+    manifest = load_manifest(tmp_path / "b")
+    checked = 0
+    for device in manifest.workers:
+        inbound = wire.Inbound(manifest.data["plan_sha256"], manifest.program(device), manifest.tensors)
+        for step in manifest.program(device):
+            spec = manifest.tensors.get(step.get("tensor"))
+            if step["op"] != "recv" or spec.dtype != "uint8":  # the even plan's first block quantizes the input
+                continue
+            good = np.zeros(spec.strip_shape(tuple(step["rows"])), np.uint8)
+
+            def frames(array, buffer=None):
+                return [wire.rows_header("s", 0, manifest.data["plan_sha256"], step["from"], step, array),
+                        buffer if buffer is not None else array.data]
+
+            key, rows = inbound.rows(wire.decode(frames(good)), frames(good))
+            assert rows.dtype == np.uint8 and rows.shape == good.shape
+            for wrong in (good.astype(np.float32), good.astype(np.int8)):
+                with pytest.raises(wire.Rejected, match=f"'{wrong.dtype.name}' .* expected uint8"):
+                    inbound.rows(wire.decode(frames(wrong)), frames(wrong))
+            with pytest.raises(wire.Rejected, match="buffer of"):
+                inbound.rows(wire.decode(frames(good)), frames(good, good.tobytes()[:-1]))
+            checked += 1
+    assert checked >= 2
 
 
 def test_the_cost_model_counts_one_byte_a_value(tmp_path: Path) -> None:
