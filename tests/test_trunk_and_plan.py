@@ -124,7 +124,9 @@ def test_bundle_layout_manifest_and_weights(vgg, tmp_path) -> None:
         assert "ExecStart=/opt/halpc/" + device in (out / device / "halpc-stub.service").read_text()
     assert len(manifest["artifacts"]) == 2 + sum(
         len(b.strips) for b in compiled.plan.blocks
-    ) + 1 + 3 + 2 * (stub_files + 1)  # plan + reference + strips + tail + launchers + stub, unit
+    ) + 1 + 3 + 2 * (stub_files + 1) + 2 * 3  # plan + reference + strips + tail + launchers + stub, unit + weights
+    weights = json.loads((out / "dev-1" / "weights.json").read_text())
+    assert weights["models"]["block00_strip1.onnx"].keys() == {"conv1.weight"}  # the bias is under 1 kB
 
 
 def test_device_folder_copied_alone_passes_the_stub_check(vgg, tmp_path) -> None:

@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import os
 import platform
 import tempfile
+from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from halpc_stub.errors import BundleError
 
 
 def make_session(
-    model: str | bytes, threads: int = 1, optimized_path: str | None = None, nchwc: bool = True
+    model: str | bytes, threads: int = 1, optimized_path: str | None = None, nchwc: bool = True,
+    initializers: dict[str, ort.OrtValue] | None = None,
 ) -> ort.InferenceSession:
     """A session with halpc's options; `optimized_path` saves the graph ORT actually runs;
-    `nchwc=False` keeps convolutions off ORT's NCHWc layout."""
+    `nchwc=False` keeps convolutions off ORT's NCHWc layout; `initializers` are weights the
+    session uses in place of reading its own copy (`shared_weights`)."""
     options = ort.SessionOptions()
+    for name, value in (initializers or {}).items():
+        options.add_initializer(name, value)
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -34,7 +41,9 @@ def make_session(
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     disabled = [] if nchwc else ["NchwcTransformer"]
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    session.shared_initializers = initializers  # ORT holds bare pointers to them: keep them alive as long
+    return session
 
 
 # One 1x1 Conv, 8 channels, 4x4 (a serialised ONNX model: the stub has no onnx package).
@@ -100,11 +109,12 @@ def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
     is this ONNX Runtime that cannot run it)."""
     threads = manifest.device(device).threads
     files = sorted({s["model"] for plan in manifest.plans for s in plan.program(device) if "model" in s})
+    weights = shared_weights(manifest.path(device, WEIGHTS_INDEX))
     sessions = {}
     for f in files:
         path = manifest.path(device, f)
         try:
-            sessions[f] = make_session(str(path), threads, nchwc=bundle_nchwc(manifest))
+            sessions[f] = make_session(str(path), threads, nchwc=bundle_nchwc(manifest), initializers=weights.get(f))
         except Exception as exc:
             if not is_onnxruntime_error(exc):
                 raise
@@ -113,3 +123,32 @@ def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
                               f"was compiled for onnxruntime {manifest.data['onnxruntime']}: install that "
                               "one") from None
     return sessions
+
+
+WEIGHTS_INDEX = "weights.json"
+
+
+def shared_weights(index: Path) -> dict[str, dict[str, ort.OrtValue]]:
+    """Each model file's weights in the folder's weights file (halpc.emit.weights), the file
+    mapped once, read-only, and every tensor one value however many sessions use it: a device
+    holds its weights once (the pages are the file's, which the kernel may drop and read again
+    under memory pressure). Empty for a folder without one (older bundles)."""
+    if not index.is_file():
+        return {}
+    try:
+        doc = json.loads(index.read_text())
+        blob = np.memmap(index.with_name(doc["file"]), mode="r")
+        values: dict[tuple, ort.OrtValue] = {}
+        found = {}
+        for model, entries in doc["models"].items():
+            found[model] = {}
+            for name, (offset, size, dtype, shape) in entries.items():
+                key = (offset, size, dtype, tuple(shape))
+                if key not in values:
+                    array = blob[offset:offset + size].view(np.dtype(dtype)).reshape(shape)
+                    values[key] = ort.OrtValue.ortvalue_from_numpy(array)
+                found[model][name] = values[key]
+        return found
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{index}: cannot map the device's weights ({exc}); copy the device folder again "
+                          "or recompile") from None

@@ -26,6 +26,7 @@ from halpc.emit.layout import reference_layout
 from halpc.inputs.target import cluster_target
 from halpc.planner.schedule import Schedule, build_schedule
 from halpc.emit.subgraph import strip_model, tail_model
+from halpc.emit.weights import FolderWeights
 from halpc.errors import HalpcError
 from halpc.progress import Progress, silent
 from halpc.planner.plan import Plan
@@ -113,12 +114,14 @@ def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
 
 class _Artifacts:
     """Files written into the bundle with their sha256; a model identical to one already in a
-    device's folder (the same strip in two plans) is written once and shared."""
+    device's folder (the same strip in two plans) is written once and shared, and its weights
+    go to the folder's one weights file (emit.weights)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.digests: dict[str, str] = {}
         self._shared: dict[tuple[str, str], str] = {}
+        self.weights: dict[str, FolderWeights] = {}
 
     def put(self, rel: str, data: bytes, executable: bool = False) -> None:
         path = self.root / rel
@@ -128,13 +131,20 @@ class _Artifacts:
             path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         self.digests[rel] = hashlib.sha256(data).hexdigest()
 
-    def shared(self, folder: str, name: str, data: bytes) -> str:
-        """Put `folder/name` unless `folder` has these bytes already; the name in use."""
-        key = (folder, hashlib.sha256(data).hexdigest())
+    def model(self, folder: str, name: str, model: onnx.ModelProto) -> str:
+        """Put model `folder/name`, its weights in the folder's weights file, unless `folder`
+        has this model already; the name in use."""
+        key = (folder, hashlib.sha256(model.SerializeToString()).hexdigest())
         if key not in self._shared:
-            self.put(f"{folder}/{name}", data)
+            weights = self.weights.setdefault(folder, FolderWeights())
+            self.put(f"{folder}/{name}", weights.externalize(name, model).SerializeToString())
             self._shared[key] = name
         return self._shared[key]
+
+    def put_weights(self) -> None:
+        for folder, weights in self.weights.items():
+            for name, data in weights.files().items():
+                self.put(f"{folder}/{name}", data)
 
 
 def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool,
@@ -144,7 +154,9 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
     plans, schedules = [], []
     for n, entry in enumerate(entries, 1):
         progress(f"writing plan {entry.id} ({n}/{len(entries)})" if several else "writing the strips")
-        schedule, files = _write_plan(entry, cluster, artifacts, f"{entry.id}/" if several else "")
+        # One flat folder per device: ONNX Runtime reads external data only from a model's own
+        # folder, and every plan's strips share the device's weights file.
+        schedule, files = _write_plan(entry, cluster, artifacts, f"{entry.id.replace('/', '.')}." if several else "")
         schedules.append(schedule)
         plan = _plan_fields(entry, schedule, files)
         reference = f"reference/{entry.variant}.onnx" if several else "reference/model.onnx"
@@ -154,6 +166,7 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
         plans.append(plan)
         artifacts.put(f"plans/{entry.id}.json" if several else "plan.json", entry.plan.dumps(entry.trunk).encode())
 
+    artifacts.put_weights()
     manifest = {**_common(entries[0].trunk, cluster), **plans[0]}
     if several:
         manifest["alternatives"] = plans[1:]
@@ -229,11 +242,11 @@ def _write_plan(entry: PlanEntry, cluster: Cluster, artifacts: _Artifacts, prefi
         model = strip_model(trunk, job.io, job.rows, f"{job.device}/{prefix}{job.file}", layout)
         # Named by what it computes, so that the same strip in another plan is the same bytes.
         model.graph.name = f"{entry.variant or 'model'} layers {job.io.start}-{job.io.stop} rows {job.rows.outputs}"
-        files[(job.device, job.file)] = artifacts.shared(job.device, prefix + job.file, model.SerializeToString())
+        files[(job.device, job.file)] = artifacts.model(job.device, prefix + job.file, model)
     tail = tail_model(trunk, layout)
     if tail is not None:
-        tail_prefix = f"{entry.variant}/" if entry.variant else ""
-        files[(host, "tail.onnx")] = artifacts.shared(host, tail_prefix + "tail.onnx", tail.SerializeToString())
+        tail_prefix = f"{entry.variant}." if entry.variant else ""
+        files[(host, "tail.onnx")] = artifacts.model(host, tail_prefix + "tail.onnx", tail)
     return schedule, files
 
 
