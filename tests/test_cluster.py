@@ -255,7 +255,7 @@ def test_invalid_toml_from_string_names_source() -> None:
 def test_unknown_device_field_message_is_exactly_as_specified(tmp_path: Path) -> None:
     message, prefix = load_error(tmp_path, HOST.replace("gmacs", "gmac"))
     assert message.startswith(
-        prefix + "device[1]: unknown field 'gmac' (known: address, arch, gmacs, host, int8_gmacs, model, name, profile, rate_hz, source, threads)"
+        prefix + "device[1]: unknown field 'gmac' (known: address, arch, gmacs, host, int8_gmacs, memory_mb, model, name, profile, rate_hz, source, threads)"
     )
     assert "did you mean 'gmacs'" in message
 

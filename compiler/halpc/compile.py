@@ -25,7 +25,8 @@ from halpc.progress import Progress, silent
 from halpc.inputs.model import Shape, load_model
 from halpc.planner.plan import Plan
 from halpc.planner.plan_file import load_plan
-from halpc.planner.strategies import best_plan, make_plan
+from halpc.planner.memory import over_memory
+from halpc.planner.strategies import best_plan, make_plan, memory_verdict
 from halpc.planner.context import context
 from halpc.planner.predict import predict
 from halpc.analyse.trunk import Trunk, analyse
@@ -199,13 +200,22 @@ def _one_plan(trunk: Trunk, cluster: Cluster, strategy: str, plan: str | Path | 
     ctx = context(trunk, cluster)
     if plan is not None:
         given = plan if isinstance(plan, Plan) else load_plan(plan, trunk, list(cluster.names))
+        name = plan if isinstance(plan, (str, Path)) else "the plan"
         why = ctx.legal.plan_why_inexact(given)
         if why and not allow_inexact:
-            raise HalpcError(f"{plan if isinstance(plan, (str, Path)) else 'the plan'}: not bit-exact on {ctx.target.name}: {why}; "
+            raise HalpcError(f"{name}: not bit-exact on {ctx.target.name}: {why}; "
                              "give those rows to fewer devices, or allow inexact outputs", option="plan")
+        over = over_memory(ctx, given)
+        if over:
+            raise HalpcError(f"{name}: gives " + "; ".join(f"{d} more memory than it has: {w}" for d, w in over.items())
+                             + "; give it fewer blocks, or raise its memory_mb", option="plan")
         return given
     progress(f"planning {strategy}")
-    return best_plan(ctx, progress) if strategy == "best" else make_plan(ctx, strategy)
+    chosen = best_plan(ctx, progress) if strategy == "best" else make_plan(ctx, strategy)
+    if "over_memory" in chosen.predicted:
+        raise HalpcError(f"{strategy}: its plan gives a device more memory than it has: {memory_verdict(chosen)}; "
+                         "use halp or best, which leave such a device out, or raise its memory_mb", option="strategy")
+    return chosen
 
 
 def _load_family(family: list[Variant], input_shapes: dict[str, Shape] | None) -> list[Trunk]:

@@ -112,6 +112,7 @@ class Device:
     rate_hz: float | None = None
     arch: str | None = None  # its target (inputs.target.TARGETS); None: the compile's default
     int8_gmacs: float | None = None  # integer convolutions' rate (None: its profile's, else gmacs)
+    memory_mb: float | None = None  # what its part may take (planner.memory); None: no limit
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ class Cluster:
                 entry["arch"] = d.arch
             if d.int8_gmacs is not None:
                 entry["int8_gmacs"] = d.int8_gmacs
+            if d.memory_mb is not None:
+                entry["memory_mb"] = d.memory_mb
             if d.profile is not None:
                 entry["profile"] = d.profile
             devices.append(entry)
@@ -326,7 +329,8 @@ def _build(doc: Any, source: str, base_dir: str | os.PathLike[str] | None) -> Cl
     valid = validate_cluster(doc, source)
     net = valid.network
     devices = [Device(d.name, d.host, d.address, d.gmacs, d.threads, _resolve(d.profile, base_dir), d.source,
-                      _resolve(d.model, base_dir), d.rate_hz, d.arch, d.int8_gmacs) for d in valid.device]
+                      _resolve(d.model, base_dir), d.rate_hz, d.arch, d.int8_gmacs, d.memory_mb)
+               for d in valid.device]
     sources = [d for d in devices if d.source]
     if sources:  # the first source stands as the host of the whole (`Cluster.view` gives each its own)
         devices[devices.index(sources[0])] = dataclasses.replace(sources[0], host=True)

@@ -162,6 +162,7 @@ class DeviceEntry(_Table):
     profile: FilePath | None = None
     gmacs: Positive | None = None  # required unless there is a profile (a relation)
     int8_gmacs: Positive | None = None
+    memory_mb: Positive | None = None
     threads: Annotated[int, Field(ge=1)] = 1
     arch: Literal["x86_64", "x86_64-nonchwc", "aarch64"] | None = None
     source: bool = False
@@ -205,6 +206,8 @@ RULES: dict[str, Rule] = {
                            "e.g. gmacs = 8.0"),
     "device[].int8_gmacs": Rule("must be a positive number, got {got}; give the sustained int8 conv throughput in "
                                 "GMAC/s (quantized models), e.g. int8_gmacs = 20.0"),
+    "device[].memory_mb": Rule("must be a positive number, got {got}; give the memory halpc may use on the board in "
+                               "MB (what is free with its other work running), e.g. memory_mb = 700"),
     "device[].threads": Rule("must be a positive whole number, got {got}; give the ONNX Runtime intra-op thread "
                              "count, e.g. threads = 1"),
     "device[].arch": Rule("must be the device's target, got {got}; write arch = \"aarch64\" (Raspberry Pi, Jetson), "

@@ -32,6 +32,7 @@ class ProfileDoc(BaseModel):
     per_run_overhead_ms: _Cost | None = None
     weight_gbps: _Cost | None = None  # None or 0: reading weights costs nothing
     per_message_overhead_ms: _Cost | None = None
+    memory_total_mb: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None  # the board's RAM
     layers: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -43,6 +44,7 @@ _RULES = {
     "per_run_overhead_ms": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
     "weight_gbps": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
     "per_message_overhead_ms": Rule(f"must be a number >= 0 or null, got {{got}}; {_AGAIN}"),
+    "memory_total_mb": Rule(f"must be a positive number or null, got {{got}}; {_AGAIN}"),
     "layers": Rule(f"must be an object of per-layer timings, got {{got}}; {_AGAIN}"),
 }
 

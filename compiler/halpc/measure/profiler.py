@@ -143,6 +143,7 @@ def profile_device(
         "weight_gbps": weight_gbps,
         "per_message_overhead_ms": round(message_s * 1e3, 4),
         "int8_gmacs": round(integer_macs / trunk_s / 1e9, 3) if integer_macs else None,
+        **board_memory_mb(),
         "trunk": {
             "macs": trunk.macs,
             "ms": round(trunk_s * 1e3, 3),
@@ -354,3 +355,16 @@ def processor_name() -> str:
         if key in found:
             return found[key]
     return platform.processor() or platform.machine() or "unknown"
+
+
+def board_memory_mb() -> dict[str, float]:
+    """This machine's memory from /proc/meminfo (Linux): `memory_total_mb`, which the planner takes
+    as the device's limit where the cluster file gives no `memory_mb`, and what was available
+    while profiling. Empty elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[1:2] != []}
+    except (OSError, ValueError, IndexError):
+        return {}
+    found = {"memory_total_mb": kib.get("MemTotal"), "memory_available_mb": kib.get("MemAvailable")}
+    return {key: round(value / 1024, 1) for key, value in found.items() if value}

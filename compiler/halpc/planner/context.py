@@ -28,6 +28,7 @@ class DeviceCosts:
     weight_gbps: float | None = None  # reading a strip's weights from memory (None: free)
     message_overhead_s: float = 0.0  # per message sent or taken in
     int8_gmacs: float | None = None  # integer convolutions (quantized models); None: gmacs
+    memory_mb: float | None = None  # what its part may take; None: no limit
 
 
 def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
@@ -44,7 +45,8 @@ def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
 
         costs[d.name] = DeviceCosts(gmacs, figure("per_run_overhead_ms", 1e-3) or 0.0, figure("weight_gbps"),
                                     figure("per_message_overhead_ms", 1e-3) or 0.0,
-                                    d.int8_gmacs if d.int8_gmacs is not None else figure("int8_gmacs"))
+                                    d.int8_gmacs if d.int8_gmacs is not None else figure("int8_gmacs"),
+                                    d.memory_mb if d.memory_mb is not None else figure("memory_total_mb"))
     return costs
 
 
@@ -63,7 +65,8 @@ def context(trunk: Trunk, cluster: Cluster, target: Target | None = None) -> Con
                    {d: c.weight_gbps for d, c in costs.items() if c.weight_gbps is not None},
                    {d: c.message_overhead_s for d, c in costs.items() if c.message_overhead_s},
                    target=target or cluster_target(cluster),
-                   int8_speeds={d: c.int8_gmacs for d, c in costs.items() if c.int8_gmacs is not None})
+                   int8_speeds={d: c.int8_gmacs for d, c in costs.items() if c.int8_gmacs is not None},
+                   memory_mb={d: c.memory_mb for d, c in costs.items() if c.memory_mb is not None})
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Context:
     message_overheads: dict[str, float] = field(default_factory=dict)  # seconds per message
     target: Target = TARGETS["x86_64"]  # what the strips must stay exact on
     int8_speeds: dict[str, float] = field(default_factory=dict)  # GMAC/s of integer convolutions
+    memory_mb: dict[str, float] = field(default_factory=dict)  # what each device's part may take
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     _alone: dict = field(default_factory=dict)  # makespan of a block on its own
@@ -97,7 +101,7 @@ class Context:
 
         sub = Context(self.trunk, self.cluster.without(device), rest(self.speeds), rest(self.overheads),
                       rest(self.weight_rates), rest(self.message_overheads), self.target, rest(self.int8_speeds),
-                      _jobs=self._jobs, memo=self.memo)
+                      rest(self.memory_mb), _jobs=self._jobs, memo=self.memo)
         sub.legal = self.legal
         return sub
 

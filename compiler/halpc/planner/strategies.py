@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 from halpc.analyse.strips import block_io
@@ -21,6 +22,7 @@ from halpc.analyse.trunk import Trunk
 from halpc.errors import HalpcError
 from halpc.planner import layouts
 from halpc.planner.context import Context
+from halpc.planner.memory import device_memory, over_memory
 from halpc.planner.names import STRATEGIES
 from halpc.planner.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.planner.predict import predict
@@ -55,12 +57,13 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
         blocks, objective, ours = best.blocks, best.objective, best.latency_ms
         # The DP's objective adds blocks pairwise; on the full timeline a plan it prefers can
         # lose to one with fewer choices. Keep the promise: halp is never predicted slower
-        # than dpfp, nor either slower than local.
+        # than dpfp, nor either slower than local (of the plans that fit the devices' memory).
         for simpler in ("local", "dpfp") if strategy == "halp" else ("local",):
             other = make_plan(ctx, simpler)
-            if other.predicted["latency_ms"] < ours:
+            if other.predicted["latency_ms"] < ours and "over_memory" not in other.predicted:
                 blocks, objective, ours = list(other.blocks), None, other.predicted["latency_ms"]
-                left_out = other.predicted.get("left_out", {})
+                left_out = {d: why for d, why in {**left_out, **other.predicted.get("left_out", {})}.items()
+                            if d not in other.devices()}  # still left out, for the reason found
     elif strategy == "exhaustive":
         blocks, objective = exhaustive_blocks(ctx, _layouts(ctx, "halp"))
     else:
@@ -72,14 +75,21 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
         predicted["objective_ms"] = round(objective * 1e3, 3)
     if left_out:
         predicted["left_out"] = left_out
+    predicted["memory_mb"] = {d: round(m.total_mb, 1) for d, m in device_memory(ctx, plan).items()}
+    over = over_memory(ctx, plan)
+    if over:
+        predicted["over_memory"] = over
     return Plan(plan.strategy, plan.model_sha256, plan.input_shapes, plan.blocks, predicted,
                 exchange)
 
 
-def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float]:
-    """The DP's blocks on `ctx`'s devices, its objective and the predicted latency (ms)."""
+def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float, dict[str, str]]:
+    """The DP's blocks on `ctx`'s devices, its objective, the predicted latency (ms; infinite
+    when the plan gives a device more memory than it has) and why each such device is over."""
     blocks, objective = best_blocks(ctx, _layouts(ctx, strategy))
-    return blocks, objective, round(predict(ctx, _plan(ctx, strategy, blocks)).latency_s * 1e3, 3)
+    plan = _plan(ctx, strategy, blocks)
+    over = over_memory(ctx, plan)
+    return blocks, objective, math.inf if over else round(predict(ctx, plan).latency_s * 1e3, 3), over
 
 
 def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan:
@@ -137,5 +147,15 @@ def compare(ctx: Context, strategies: tuple[str, ...] | None = None, progress: P
 
 
 def best_plan(ctx: Context, progress: Progress = silent) -> Plan:
+    """The fastest plan of every strategy that fits the devices' memory."""
     plans = compare(ctx, progress=progress)
-    return min(plans.values(), key=lambda p: p.predicted["latency_ms"])
+    fitting = [p for p in plans.values() if "over_memory" not in p.predicted]
+    if not fitting:
+        raise HalpcError(f"no plan fits the devices' memory: {memory_verdict(plans['local'])}; "
+                         "raise memory_mb where the board has more, or give the host a smaller model")
+    return min(fitting, key=lambda p: p.predicted["latency_ms"])
+
+
+def memory_verdict(plan: Plan) -> str:
+    """`plan`'s devices over their memory_mb, in one phrase ('' when it fits)."""
+    return "; ".join(f"{device} {why}" for device, why in plan.predicted.get("over_memory", {}).items())

@@ -38,11 +38,16 @@ class Planned:
     helpers: tuple[str, ...]
 
 
-def fastest_subset(ctx: Context, plan_on: Callable[[Context], tuple[list, float | None, float]]) -> tuple[Planned, dict[str, str]]:
+PlanOn = Callable[[Context], tuple[list, float | None, float, dict[str, str]]]
+
+
+def fastest_subset(ctx: Context, plan_on: PlanOn) -> tuple[Planned, dict[str, str]]:
     """The fastest of `plan_on(sub)` over the subsets worth trying, and why each helper the
-    whole cluster has and the winner lacks was left out (one phrase per helper)."""
+    whole cluster has and the winner lacks was left out (one phrase per helper). `plan_on`
+    gives a subset's blocks, objective, predicted latency (infinite where the plan does not fit
+    the devices' memory) and why each device it overfills is over."""
     best: Planned | None = None
-    planned: dict[tuple, float] = {}  # look: latency
+    planned: dict[tuple, tuple[float, dict[str, str]]] = {}  # look: latency, devices over memory
     queue = [ctx]
     seen = {frozenset(ctx.cluster.names)}
     while queue and len(planned) < MAX_SUBSETS:
@@ -50,8 +55,8 @@ def fastest_subset(ctx: Context, plan_on: Callable[[Context], tuple[list, float 
         look = _look(sub)
         if look in planned or best is not None and bound_ms(sub) >= best.latency_ms:
             continue
-        blocks, objective, latency_ms = plan_on(sub)
-        planned[look] = latency_ms
+        blocks, objective, latency_ms, over = plan_on(sub)
+        planned[look] = latency_ms, over
         helpers = tuple(d.name for d in sub.cluster.secondaries)
         if best is None or latency_ms < best.latency_ms:
             best = Planned(blocks, objective, latency_ms, helpers)
@@ -81,14 +86,14 @@ def _look(ctx: Context) -> tuple:
 
     def device(d) -> tuple:
         costs = tuple(values.get(d.name) for values in (ctx.speeds, ctx.int8_speeds, ctx.overheads,
-                                                            ctx.weight_rates, ctx.message_overheads))
+                                                            ctx.weight_rates, ctx.message_overheads, ctx.memory_mb))
         others = sorted(link(d.name, o.name) for o in cluster.secondaries if o.name != d.name)
         return (d.host, costs, d.threads, d.arch, None if d.host else link(host, d.name), tuple(others))
 
     return tuple(sorted((device(d) for d in cluster.devices), key=repr))  # repr: None beside numbers
 
 
-def _why_left_out(ctx: Context, best: Planned, planned: dict[tuple, float]) -> dict[str, str]:
+def _why_left_out(ctx: Context, best: Planned, planned: dict[tuple, tuple[float, dict[str, str]]]) -> dict[str, str]:
     everyone = [d.name for d in ctx.cluster.secondaries]
     why = {}
     for helper in (h for h in everyone if h not in best.helpers):
@@ -96,8 +101,12 @@ def _why_left_out(ctx: Context, best: Planned, planned: dict[tuple, float]) -> d
         sub = ctx
         for other in rest:
             sub = sub.without(other)
-        with_it = planned.get(_look(sub))
-        if with_it is not None:
+        with_it, over = planned.get(_look(sub), (None, {}))
+        if helper in over:
+            why[helper] = f"its share of the plan {over[helper]}"
+        elif over:
+            why[helper] = "the plan with it overfills " + "; ".join(f"{d}: {w}" for d, w in over.items())
+        elif with_it is not None:
             why[helper] = f"with it {with_it:.1f} ms, without {best.latency_ms:.1f} ms"
         else:
             why[helper] = f"{best.latency_ms:.1f} ms without it; no plan with it can beat that"

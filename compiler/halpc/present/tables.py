@@ -162,17 +162,21 @@ def plans_table(trunk: Trunk, plans: dict) -> str:
             len(p.blocks),
             "host" if p.exchange == "host" else "direct",
             " ".join(p.devices()),
+            " ".join(f"{p.predicted['memory_mb'][d]:.0f}" for d in p.devices()) if "memory_mb" in p.predicted else "-",
             first_block_shares(p),
         )
         for name, p in plans.items()
     ]
-    best = min(plans, key=lambda n: plans[n].predicted["latency_ms"])
-    left_out = [f"{name} leaves {device} out: {why}" for name, p in plans.items()
-                for device, why in p.predicted.get("left_out", {}).items()]
+    fitting = [n for n in plans if "over_memory" not in plans[n].predicted] or list(plans)
+    best = min(fitting, key=lambda n: plans[n].predicted["latency_ms"])
+    notes = [f"{name} leaves {device} out: {why}" for name, p in plans.items()
+             for device, why in p.predicted.get("left_out", {}).items()]
+    notes += [f"{name} does not fit {device}: {why}" for name, p in plans.items()
+              for device, why in p.predicted.get("over_memory", {}).items()]
     return "\n".join([
-        table(("strategy", "latency ms", "speedup", "blocks", "exchange", "devices used", "first block rows"),
-              rows, right={1, 2, 3}),
-        *left_out,
+        table(("strategy", "latency ms", "speedup", "blocks", "exchange", "devices used", "peak MB",
+               "first block rows"), rows, right={1, 2, 3}),
+        *notes,
         f"best: {best}",
     ])
 
@@ -186,6 +190,8 @@ def plans_json(trunk: Trunk, plans: dict) -> dict:
                 "speedup": round(speedup[name], 4),
                 "blocks": len(p.blocks),
                 "devices": p.devices(),
+                "memory_mb": p.predicted.get("memory_mb", {}),
+                "over_memory": p.predicted.get("over_memory", {}),
                 "plan": p.to_json(trunk),
             }
             for name, p in plans.items()
