@@ -161,8 +161,8 @@ def test_the_cost_model_counts_one_byte_a_value(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_int8_bundles_are_bit_exact_on_arm64(tmp_path: Path) -> None:
-    """Every model, 2-4 devices, even and random uneven plans compiled for aarch64, verified in
-    one emulated `halpc verify`."""
+    """Every model, 2-4 devices, even and random uneven plans and halp compiled for aarch64,
+    verified in one emulated `halpc verify`."""
     emulated()
     bundles = []
     for name, form, *folded in (model.split("-") for model in MODELS):
@@ -170,13 +170,15 @@ def test_int8_bundles_are_bit_exact_on_arm64(tmp_path: Path) -> None:
         path = quantize(float_model, tmp_path / f"{name}_{form}{'_folded' * bool(folded)}.onnx", form,
                         per_channel=QUANTIZED[name], preprocess=bool(folded))
         trunk = trunk_of(path)
-        for devices in (2, 4):
+        for devices in (2, 3, 4):
             cluster = local_cluster(devices)
             names = list(cluster.names)
             for label, plan in (("even", even_plan(trunk, names)), ("random", random_plan(trunk, names, seed=devices))):
                 out = tmp_path / f"{name}-{form}-{devices}-{label}"
                 compile_bundle(path, cluster, out, plan=plan, arch="aarch64")
                 bundles.append(out)
+        bundles.append(tmp_path / f"{name}-{form}-halp")
+        compile_bundle(path, local_cluster(3), bundles[-1], "halp", arch="aarch64")
     proc = run_cli("verify", *bundles)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("outputs exact: bit-exact") == len(bundles), proc.stdout
@@ -192,7 +194,9 @@ TRAINED = {"yolov8n": {"images": (1, 3, 320, 320)}, "mtcnn_pnet": {"input_1": (1
 def test_trained_models_quantized_split_whole_and_exact(name: str, form: str, tmp_path: Path) -> None:
     """YOLOv8n (pyramid, QLinearSigmoid/Mul/Concat), MTCNN's P-Net (channels-last, PRelu) and
     PP-OCR's classifier and text detector (SE blocks; the detector's FPN, Resize and
-    ConvTranspose head) from their PyPI wheels, quantized: every conv split, 2-4 devices, exact."""
+    ConvTranspose head) from their PyPI wheels, quantized: every conv split; even plans on 2-4
+    devices, a random uneven plan and halp on 3, exact here and (compiled for aarch64) under
+    ARM64 emulation."""
     import fetch_pretrained
 
     path = quantize(fetch_pretrained.fetch(name), tmp_path / f"{name}_{form}.onnx", form, input_shapes=TRAINED[name])
@@ -200,7 +204,16 @@ def test_trained_models_quantized_split_whole_and_exact(name: str, form: str, tm
     assert split / total >= 0.9, (split, total)
     for devices in (2, 3, 4):
         assert_exact(compile_and_verify(path, tmp_path / f"b{devices}", devices, keep=False))
+    plan = random_plan(trunk_of(path), ["host", "dev-1", "dev-2"], seed=3)
+    assert_exact(compile_and_verify(path, tmp_path / "random", 3, plan=plan, keep=False))
     assert_exact(compile_and_verify(path, tmp_path / "halp", 3, strategy="halp", keep=False))
+    emulated()
+    arm64 = [tmp_path / "arm64-random", tmp_path / "arm64-halp"]
+    legal = Legal(trunk_of(path), local_cluster(3), TARGETS["aarch64"]).plan(plan)  # merges float strips ARM64 can't take
+    compile_bundle(path, local_cluster(3), arm64[0], plan=legal, arch="aarch64")
+    compile_bundle(path, local_cluster(3), arm64[1], "halp", arch="aarch64")
+    proc = run_cli("verify", *arm64)
+    assert proc.returncode == 0 and proc.stdout.count("outputs exact: bit-exact") == 2, proc.stdout + proc.stderr
 
 
 def test_dynamic_quantization_is_refused_with_the_way_out(tmp_path: Path) -> None:
