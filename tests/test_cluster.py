@@ -211,11 +211,13 @@ def test_example_local3_values() -> None:
 def test_example_pis_values() -> None:
     cluster = load_cluster(REPO / "examples" / "cluster_pis.toml")
     assert [d.address for d in cluster.devices] == [f"192.168.1.{i}:5700" for i in range(10, 14)]
-    assert all(d.gmacs == 4.0 for d in cluster.devices)
+    assert cluster.host.profile and cluster.host.profile.endswith("raspberry_pi_5.json")
+    assert all(d.gmacs == 4.0 for d in cluster.secondaries)
+    assert cluster.device("pi-2").memory_mb == 150
     assert (cluster.network_bandwidth_mbps, cluster.network_latency_ms) == (50.0, 3.0)
-    assert len(cluster.links) == 1 and cluster.links[0].bandwidth_mbps == 20.0
-    a, b = cluster.links[0].a, cluster.links[0].b
-    assert cluster.link(b, a).bandwidth_mbps == 20.0
+    for other in ("pi-host", "pi-1", "pi-2"):  # pi-3 is behind the weak links
+        assert cluster.link("pi-3", other).bandwidth_mbps == cluster.link(other, "pi-3").bandwidth_mbps == 8.0
+    assert cluster.link("pi-1", "pi-2").bandwidth_mbps == 50.0
 
 
 # --------------------------------------------------------------------------- errors
