@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bundles import assert_exact, compile_and_verify, local_cluster, save, trunk_of
 from halpc.inputs.cluster import parse_cluster
 from halpc.planner.schedule import build_schedule
-from halpc.planner.strategies import _layouts, compare, make_plan
+from halpc.planner.strategies import layout_choices, compare, make_plan
 from halpc.planner.context import context
 from halpc.planner.predict import predict
 from halpc.planner.cost import play as simulate
@@ -135,7 +135,7 @@ def test_dp_finds_the_exhaustive_optimum(seed, tmp_path) -> None:
     path = save(_random_model(seed, branching=seed % 2 == 1), tmp_path)
     ctx = context(trunk_of(path), _random_cluster(seed))
     for strategy in ("dpfp", "halp"):
-        layouts = _layouts(ctx, strategy)
+        layouts = layout_choices(ctx, strategy)
         while (len(layouts) + 1) ** (len(ctx.positions) - 2) > EXHAUSTIVE_LIMIT:
             layouts = layouts[:-1]  # a smaller oracle, still the same DP against it
         dp_blocks, dp_cost = best_blocks(ctx, layouts)

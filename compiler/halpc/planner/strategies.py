@@ -65,7 +65,7 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
                 left_out = {d: why for d, why in {**left_out, **other.predicted.get("left_out", {})}.items()
                             if d not in other.devices()}  # still left out, for the reason found
     elif strategy == "exhaustive":
-        blocks, objective = exhaustive_blocks(ctx, _layouts(ctx, "halp"))
+        blocks, objective = exhaustive_blocks(ctx, layout_choices(ctx, "halp"))
     else:
         raise HalpcError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     plan = _plan(ctx, strategy, blocks, exchange)
@@ -86,7 +86,7 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
 def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float, dict[str, str]]:
     """The DP's blocks on `ctx`'s devices, its objective, the predicted latency (ms; infinite
     when the plan gives a device more memory than it has) and why each such device is over."""
-    blocks, objective = best_blocks(ctx, _layouts(ctx, strategy))
+    blocks, objective = best_blocks(ctx, layout_choices(ctx, strategy))
     plan = _plan(ctx, strategy, blocks)
     over = over_memory(ctx, plan)
     return blocks, objective, math.inf if over else round(predict(ctx, plan).latency_s * 1e3, 3), over
@@ -99,7 +99,7 @@ def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan
     return Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), blocks, exchange=exchange)
 
 
-def _layouts(ctx: Context, strategy: str):
+def layout_choices(ctx: Context, strategy: str):
     """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
     worse than local); halp may also choose host-assisted strips (so it is never worse than
     dpfp). All under the cost model, each layout made exact on the target before it is costed."""
