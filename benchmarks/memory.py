@@ -117,9 +117,10 @@ def main() -> None:
                     if not models_:
                         continue
                     index = folder / "weights.json"
-                    before = peak_mb(inlined(folder, tmp / f"{bundle.name}-{device}-inline"), nchwc=nchwc)
+                    inline = inlined(folder, tmp / f"{bundle.name}-{device}-inline")
+                    before = peak_mb(inline, nchwc=nchwc)
                     after = peak_mb(models_, index, nchwc)
-                    old = folder_mb(sorted((tmp / f"{bundle.name}-{device}-inline").glob("*.onnx")))
+                    old = folder_mb(inline)
                     new = folder_mb([f for f in folder.iterdir() if f.is_file()])
                     weights = distinct_weight_bytes(index) / 1e6
                     print(f"{name:<9} {strategy:<5} {arch:<15} {device:<7} {unsplit:>8.0f} {before:>7.0f} {after:>6.0f} "
