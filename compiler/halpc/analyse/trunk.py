@@ -91,13 +91,18 @@ class Trunk:
         return frozenset(found)
 
     @cached_property
-    def weight_bytes(self) -> dict[int, int]:
-        """Bytes of constant inputs (weights, biases) per layer position: what a run of a strip
-        holding the layer reads from memory however few rows it computes."""
-        sizes = {
+    def initializer_bytes(self) -> dict[str, int]:
+        """Bytes of each initializer, by name."""
+        return {
             init.name: int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
             for init in self.model.graph.initializer
         }
+
+    @cached_property
+    def weight_bytes(self) -> dict[int, int]:
+        """Bytes of constant inputs (weights, biases) per layer position: what a run of a strip
+        holding the layer reads from memory however few rows it computes."""
+        sizes = dict(self.initializer_bytes)
         for name, node in self.constants.items():
             sizes[name] = sum(sizes.get(i, 0) for i in node.input)
         return {layer.position: sum(sizes.get(name, 0) for name in layer.node.input) for layer in self.layers}

@@ -361,10 +361,14 @@ def board_memory_mb() -> dict[str, float]:
     """This machine's memory from /proc/meminfo (Linux): `memory_total_mb`, which the planner takes
     as the device's limit where the cluster file gives no `memory_mb`, and what was available
     while profiling. Empty elsewhere."""
+    kib = {}
     try:
         with open("/proc/meminfo") as f:
-            kib = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[1:2] != []}
-    except (OSError, ValueError, IndexError):
+            for line in f:  # "MemTotal:       24576000 kB"
+                key, _, value = line.partition(":")
+                if value.split():
+                    kib[key] = int(value.split()[0])
+    except (OSError, ValueError):
         return {}
     found = {"memory_total_mb": kib.get("MemTotal"), "memory_available_mb": kib.get("MemAvailable")}
     return {key: round(value / 1024, 1) for key, value in found.items() if value}

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import onnx
-
 from halpc.analyse.strips import block_io
 from halpc.planner.context import Context
 from halpc.planner.plan import Plan
@@ -49,11 +46,13 @@ def device_memory(ctx: Context, plan: Plan) -> dict[str, DeviceMemory]:
     for block in plan.blocks:
         span = range(block.start, block.stop)
         full_rows = trunk.tensors[block_io(trunk, block.start, block.stop).reference].rows
+        block_weights = sum(trunk.weight_bytes[p] for p in span)
+        block_largest = 2 * max(out_bytes[p] for p in span)  # an input and an output
         for strip in block.strips:
             share = (strip.rows[1] - strip.rows[0]) / full_rows
             held[strip.device].update(span)
-            copies[strip.device] += sum(trunk.weight_bytes[p] for p in span) * SESSION_FACTOR[nchwc]
-            largest = 2 * max(out_bytes[p] for p in span) * share  # an input and an output
+            copies[strip.device] += block_weights * SESSION_FACTOR[nchwc]
+            largest = block_largest * share
             arenas[strip.device] += 0 if nchwc else largest  # each session keeps its arena
             rows[strip.device] = max(rows[strip.device], largest)  # a run's transient
     weights = {d: sum(trunk.weight_bytes[p] for p in held[d]) + copies[d] for d in ctx.cluster.names}
@@ -61,10 +60,11 @@ def device_memory(ctx: Context, plan: Plan) -> dict[str, DeviceMemory]:
     return {d: DeviceMemory(weights[d] / 1e6, (arenas[d] + rows[d]) / 1e6) for d in ctx.cluster.names}
 
 
-def over_memory(ctx: Context, plan: Plan) -> dict[str, str]:
-    """The devices whose `memory_mb` the plan's predicted peak exceeds, each with a phrase that
-    says by how much (a device the plan gives nothing need not run at all)."""
-    found = device_memory(ctx, plan)
+def over_memory(ctx: Context, plan: Plan, found: dict[str, DeviceMemory] | None = None) -> dict[str, str]:
+    """The devices whose `memory_mb` the plan's predicted peak (`found`, if already predicted)
+    exceeds, each with a phrase that says by how much (a device the plan gives nothing need not
+    run at all)."""
+    found = found or device_memory(ctx, plan)
     working = {*plan.devices(), ctx.cluster.host.name}
     return {d: f"needs {found[d].total_mb:.0f} MB, has {limit:g} MB" for d, limit in ctx.memory_mb.items()
             if d in working and found[d].total_mb > limit}
@@ -76,7 +76,5 @@ def _output_bytes(ctx: Context, layer) -> float:
 
 
 def _tail_weight_bytes(ctx: Context) -> int:
-    inits = {i.name: i for i in ctx.trunk.model.proto.graph.initializer}
-    names = {name for node in ctx.trunk.tail for name in node.input if name in inits}
-    return sum(int(np.prod(inits[n].dims)) * onnx.helper.tensor_dtype_to_np_dtype(inits[n].data_type).itemsize
-               for n in names)
+    sizes = ctx.trunk.initializer_bytes
+    return sum(sizes[name] for name in {name for node in ctx.trunk.tail for name in node.input if name in sizes})

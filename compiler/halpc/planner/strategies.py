@@ -75,8 +75,9 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
         predicted["objective_ms"] = round(objective * 1e3, 3)
     if left_out:
         predicted["left_out"] = left_out
-    predicted["memory_mb"] = {d: round(m.total_mb, 1) for d, m in device_memory(ctx, plan).items()}
-    over = over_memory(ctx, plan)
+    memory = device_memory(ctx, plan)
+    predicted["memory_mb"] = {d: round(m.total_mb, 1) for d, m in memory.items()}
+    over = over_memory(ctx, plan, memory)
     if over:
         predicted["over_memory"] = over
     return Plan(plan.strategy, plan.model_sha256, plan.input_shapes, plan.blocks, predicted,
