@@ -55,9 +55,16 @@ def block_io(trunk: Trunk, start: int, stop: int) -> BlockIO:
 
 
 def strip_at(trunk: Trunk, io: BlockIO, boundaries: list[int], j: int) -> StripRows:
-    """Rows of strip j when the block's reference output is split at `boundaries`."""
+    """Rows of strip j when the block's reference output is split at `boundaries` (one answer
+    per block and owned rows: the planner and the exactness rules ask for the same strips in
+    many layouts)."""
     parts = output_partitions(trunk, io, boundaries)
-    return strip_rows(trunk, io, {t: (b[j], b[j + 1]) for t, b in parts.items()})
+    owned = {t: (b[j], b[j + 1]) for t, b in parts.items()}
+    key = (io, tuple(owned.items()))
+    found = trunk.strip_cache.get(key)
+    if found is None:
+        found = trunk.strip_cache[key] = strip_rows(trunk, io, owned)
+    return found
 
 
 def output_partitions(trunk: Trunk, io: BlockIO, boundaries: list[int]) -> dict[str, list[int]]:

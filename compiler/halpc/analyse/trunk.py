@@ -45,6 +45,8 @@ class Trunk:
     # QDQ models: weights given as DequantizeLinear of int8 initializers, by output name. A strip
     # or the tail that uses one carries the node (ORT fuses it into the integer conv).
     constants: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    # strips.strip_at's answers, by block and owned rows (a strip's rows depend on nothing else).
+    strip_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def macs(self) -> int:

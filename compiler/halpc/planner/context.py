@@ -144,13 +144,26 @@ class Context:
                 if (prev, gather) not in self._alone:
                     self._alone[(prev, gather)] = self._makespan(scheduler.programs())
                 before = self._alone[(prev, gather)]
-            exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips))
+            exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips), stream=block.stream)
             programs = scheduler.programs()
             programs[host] = programs[host] + exit_recvs
             if block.stop == len(self.trunk.layers):
                 programs[host] += scheduler.finish()
             self._costs[key] = self._makespan(programs) - before
         return self._costs[key]
+
+    def finish_times(self, block: BlockPlan) -> dict[str, float]:
+        """When each device is done computing `block`, played alone from the task's start."""
+        names = list(self.cluster.names)
+        scheduler = Scheduler(self.trunk, names, self.cluster.host.name, costing=True)
+        scheduler.add_block(0, self.jobs(block.start, block.stop, block.strips), stream=block.stream)
+        events = play(scheduler.programs(), self.cluster.host.name, self.compute_seconds, self.transfer,
+                      self.tensor_specs, self.message_seconds).events
+        done = {d: 0.0 for d in names}
+        for event in events:
+            if event.kind == "compute":
+                done[event.device] = max(done[event.device], event.end)
+        return done
 
     def message_seconds(self, device: str) -> float:
         return self.message_overheads.get(device, 0.0)

@@ -9,16 +9,25 @@
   segment, one after the other, while it computes: later secondaries start later and get less.
 - `boundary_first`: halp's layout with every device's rows next to a neighbour as a strip of
   their own, run first (halp's strategy uses this one).
+- `streamed`: for the first block on slow links, halp's layout with each secondary's share cut
+  into pieces that grow from the top; the host streams the input (`BlockPlan.stream`): its
+  sends take turns over the secondaries, so each starts on its first small piece while the rest
+  is on the wire, and all of them start early, not one after the other.
 """
 from __future__ import annotations
 
-from halpc.planner.plan import Strip, join_neighbours
+from halpc.planner.plan import BlockPlan, Strip, join_neighbours
 from halpc.planner.context import Context
 from halpc.analyse.rows import Rows
 from halpc.analyse.strips import block_io, strip_at, strip_macs
 
 ROUNDS = 4
 EDGE_FRACTION = 4  # boundary_first: a device's edge strips take this fraction of its rows
+# streamed: (pieces, growth) of a secondary's share, each piece `growth` times the one above;
+# the shares are balanced for the first BALANCED shapes.
+# More pieces start sooner but redo more halo inside the block; the block's cost decides.
+STREAM_SHAPES = ((6, 1.5), (3, 2.0), (2, 3.0), (4, 2.0))
+BALANCED = 2
 
 
 def _strip_seconds(ctx: Context, io, device: str, bounds: list[int], j: int) -> tuple[float, Rows]:
@@ -185,4 +194,62 @@ def boundary_first(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
             out.append(strip)
             continue
         out += [Strip(strip.device, (x, y)) for x, y in zip(cuts, cuts[1:])]
+    return tuple(out)
+
+
+def streamed(ctx: Context, start: int, stop: int) -> tuple[Strip, ...] | None:
+    """halp's layout for a first block whose input the host streams: each secondary's share in
+    pieces growing from the top, the shares balanced for each of the first `BALANCED` shapes by
+    playing the block out with the host's sends taking turns (`Context.finish_times`); the
+    other shapes are tried on the best shares found (balancing each costs planning time for
+    little). None for a block that does not start at the model's input or that has too few
+    rows to share."""
+    io = block_io(ctx.trunk, start, stop)
+    rows = ctx.trunk.tensors[io.reference].rows
+    host = ctx.cluster.host.name
+    devices = list(ctx.cluster.names)
+    if start != 0 or len(devices) < 2 or rows < 2 * len(devices) - 1:
+        return None
+    best: tuple[float, tuple[Strip, ...], tuple[Strip, ...]] | None = None  # time, strips, shares
+
+    def play(shares: tuple[Strip, ...], shape: tuple[int, float]) -> dict[str, float]:
+        nonlocal best
+        strips = ctx.legal.strips(start, stop, _in_pieces(shares, host, *shape))
+        finish = ctx.finish_times(BlockPlan(start, stop, strips, stream=True))
+        if best is None or max(finish.values()) < best[0]:
+            best = (max(finish.values()), strips, shares)
+        return finish
+
+    for shape in STREAM_SHAPES[:BALANCED]:
+        weights = [ctx.speeds[d] for d in devices]
+        tried: set[tuple[int, ...]] = set()
+        for _ in range(ROUNDS):
+            sizes = proportional_sizes(weights, rows)
+            if tuple(sizes) in tried:
+                break
+            tried.add(tuple(sizes))
+            shares = _halp_layout(ctx, io, rows, host, devices[1:], sizes)
+            finish = play(shares, shape)
+            mean = sum(finish.values()) / len(finish)
+            owned = {d: sum(s.rows[1] - s.rows[0] for s in shares if s.device == d) for d in devices}
+            weights = [max(owned[d], 0.5) * mean / max(finish[d], 1e-12) for d in devices]
+    assert best is not None
+    for shape in STREAM_SHAPES[BALANCED:]:
+        play(best[2], shape)
+    return best[1]
+
+
+def _in_pieces(strips: tuple[Strip, ...], host: str, pieces: int, growth: float) -> tuple[Strip, ...]:
+    """Every secondary's strip cut into at most `pieces` strips, each `growth` times the one above."""
+    out: list[Strip] = []
+    for strip in strips:
+        a, b = strip.rows
+        count = min(pieces, b - a)
+        if strip.device == host or count < 2:
+            out.append(strip)
+            continue
+        sizes = proportional_sizes([growth ** i for i in range(count)], b - a)
+        for size in sizes:
+            out.append(Strip(strip.device, (a, a + size)))
+            a += size
     return tuple(out)

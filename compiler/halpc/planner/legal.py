@@ -8,6 +8,8 @@ rules allow it the DP still gets the split it wanted.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from halpc.analyse.exactness import ExactnessRules, Threads
 from halpc.analyse.strips import block_io, strip_at
 from halpc.analyse.trunk import Trunk
@@ -58,7 +60,7 @@ class Legal:
 
     def plan(self, plan: Plan) -> Plan:
         """The plan with every block's strips made exact (blocks, strategy and exchange kept)."""
-        blocks = tuple(BlockPlan(b.start, b.stop, self.strips(b.start, b.stop, b.strips)) for b in plan.blocks)
+        blocks = tuple(replace(b, strips=self.strips(b.start, b.stop, b.strips)) for b in plan.blocks)
         return Plan(plan.strategy, plan.model_sha256, plan.input_shapes, blocks, plan.predicted, plan.exchange)
 
     def plan_why_inexact(self, plan: Plan) -> str | None:

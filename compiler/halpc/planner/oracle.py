@@ -16,7 +16,7 @@ import math
 from halpc.errors import HalpcError
 from halpc.planner.context import Context
 from halpc.planner.memory import over_memory
-from halpc.planner.plan import BlockPlan, Plan, Strip
+from halpc.planner.plan import BlockPlan, Plan
 from halpc.planner.predict import predict
 from halpc.planner.strategies import layout_choices, make_plan
 
@@ -40,16 +40,16 @@ def true_oracle(ctx: Context) -> tuple[Plan, float, int]:
     """The fastest plan of the space above by the full timeline, its latency (ms) and how many
     plans were judged. Plans that overfill a device's memory do not count."""
     subsets = helper_subsets(ctx)
-    options: dict[tuple[int, int], list[tuple[Strip, ...]]] = {}
+    options: dict[tuple[int, int], list[BlockPlan]] = {}
 
-    def block_options(start: int, stop: int) -> list[tuple[Strip, ...]]:
+    def block_options(start: int, stop: int) -> list[BlockPlan]:
         if (start, stop) not in options:
-            found: list[tuple[Strip, ...]] = []
+            found: list[BlockPlan] = []
             for sub in subsets:
                 for choose in layout_choices(sub, "halp"):
-                    strips = choose(start, stop)
-                    if strips not in found:
-                        found.append(strips)
+                    block = choose(start, stop)
+                    if block is not None and block not in found:
+                        found.append(block)
             options[(start, stop)] = found
         return options[(start, stop)]
 
@@ -63,8 +63,7 @@ def true_oracle(ctx: Context) -> tuple[Plan, float, int]:
     local = make_plan(ctx, "local")
     best = (local.predicted["latency_ms"], local)
     for spans in spans_of:
-        for choice in itertools.product(*(block_options(a, b) for a, b in spans)):
-            blocks = tuple(BlockPlan(a, b, strips) for (a, b), strips in zip(spans, choice))
+        for blocks in itertools.product(*(block_options(a, b) for a, b in spans)):
             plan = Plan("oracle", ctx.trunk.model.sha256, dict(ctx.trunk.model.input_shapes), blocks)
             if over_memory(ctx, plan):
                 continue

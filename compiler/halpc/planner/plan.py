@@ -32,6 +32,9 @@ class BlockPlan:
     start: int  # layer positions [start, stop)
     stop: int
     strips: tuple[Strip, ...]
+    # The host streams the block's input: its sends interleave over the devices, piece by
+    # piece, and each device runs its strips top down as their rows arrive (`layouts.streamed`).
+    stream: bool = False
 
     @property
     def boundaries(self) -> list[int]:
@@ -67,6 +70,7 @@ class Plan:
                     "rows_of": io.reference,
                     "rows": trunk.tensors[io.reference].rows,
                     "strips": [{"device": s.device, "rows": list(s.rows)} for s in block.strips],
+                    **({"stream": True} if block.stream else {}),
                 }
             )
         return {

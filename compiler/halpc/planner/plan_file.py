@@ -52,6 +52,7 @@ class BlockEntry(_Object):
     to: str | None = None  # None: the end of the trunk
     rows_of: str | None = None  # for reading; must agree when given
     strips: Annotated[list[StripEntry], Field(min_length=1)]
+    stream: bool = False  # see BlockPlan.stream
 
 
 class ModelEntry(_Object):
@@ -89,6 +90,8 @@ RULES: dict[str, Rule] = {
     "blocks[].strips[].device": Rule("must be a device name, got {got}; use a device of the cluster file",
                                      missing="missing; give the device that computes these rows"),
     "blocks[].strips[].rows": Rule(_ROWS, missing="missing; give the rows as [start, stop]"),
+    "blocks[].stream": Rule("must be true or false, got {got}; true streams the block's input from the host "
+                            "(the planner sets it on a first block)"),
     "predicted": Rule("must be an object or null, got {got}"),
 }
 
@@ -150,7 +153,7 @@ def _blocks(entries: list[BlockEntry], trunk: Trunk, devices: list[str], fail: F
         if "rows_of" in entry.model_fields_set and entry.rows_of != io.reference:
             raise fail(f"{where}.rows_of", f"this block's rows are those of {io.reference!r}")
         strips = _strips(entry.strips, trunk.tensors[io.reference].rows, devices, where, fail)
-        blocks.append(BlockPlan(position, stop, strips))
+        blocks.append(BlockPlan(position, stop, strips, entry.stream))
         position = stop
     if position != end:
         raise fail("blocks", f"end at {boundary_name(trunk, position)!r}; the last block's `to` must be null")

@@ -93,6 +93,7 @@ class Scheduler:
         # The run step that computed each owned piece, and the sends to make right after a run.
         self.producer: dict[tuple[str, str, Rows], Step] = {}
         self.then: dict[int, list[Step]] = {}
+        self.streamed: set[int] = set()  # blocks whose input the host streams
 
     def _message(self, block: int, sender: str, receiver: str, tensor: str, rows: Rows,
                  sends: dict[str, list[Step]], recvs: dict[str, list[Step]],
@@ -113,12 +114,14 @@ class Scheduler:
         size = (rows[1] - rows[0]) * self.trunk.tensors[tensor].row_bytes
         self.traffic[(sender, receiver)] = self.traffic.get((sender, receiver), 0) + size
 
-    def add_block(self, k: int, jobs: list[StripJob], inputs_held: bool = False) -> list[Step]:
+    def add_block(self, k: int, jobs: list[StripJob], inputs_held: bool = False, stream: bool = False) -> list[Step]:
         """Add one block's steps to every device; return the host's receives of its exits
         (the caller places them: the host must not wait for exits before its next block).
 
         `inputs_held` starts mid-model (the planner costing one block after another): every
-        strip is taken to hold its inputs already.
+        strip is taken to hold its inputs already. `stream` (see `BlockPlan.stream`): the
+        host's sends of rows it holds at the block's start take turns over the receivers, one
+        message each, and every receiver runs its strips top down as their rows come in.
         """
         devices, host = self.devices, self.host
         sends: dict[str, list[Step]] = {d: [] for d in devices}
@@ -179,6 +182,9 @@ class Scheduler:
                 self.holdings[host].setdefault(tensor, []).append(whole)
                 parts = [(host, whole)]
             self.owners[tensor] = parts
+        if stream:
+            sends[host] = _take_turns(sends[host])
+            self.streamed.add(k)
         for d in devices:
             self.steps[d] += sends[d] + recvs[d] + runs[d] + gather_recvs[d]
         return exit_recvs[host]
@@ -189,15 +195,16 @@ class Scheduler:
         Within a block a device first runs the strips whose rows others wait for; each run is
         followed by the sends of the rows it computed and preceded only by the receives it
         needs, so a strip starts while rows for later strips are still on the way."""
-        return {device: self._order(steps) for device, steps in self.steps.items()}
+        return {device: self._order(steps, device == self.host) for device, steps in self.steps.items()}
 
-    def _order(self, steps: list[Step]) -> list[Step]:
+    def _order(self, steps: list[Step], host: bool) -> list[Step]:
         program: list[Step] = []
         pending: list[Step] = []  # this block's receives, not yet placed
         group: list[Step] = []  # consecutive runs of one block
 
         def flush_group() -> None:
-            group.sort(key=lambda run: id(run) not in self.then)
+            if host or not group or group[0]["block"] not in self.streamed:
+                group.sort(key=lambda run: id(run) not in self.then)
             for run in group:
                 for recv in [r for r in pending if _feeds(r, run)]:
                     pending.remove(recv)
@@ -243,6 +250,16 @@ class Scheduler:
         return steps + [{"op": "output", "tensors": outputs}]
 
 
+def _take_turns(sends: list[Step]) -> list[Step]:
+    """The sends in turns: every receiver's first message, then every receiver's second, ...
+    (receivers in the order of their first message)."""
+    queues: dict[str, list[Step]] = {}
+    for send in sends:
+        queues.setdefault(send["to"], []).append(send)
+    turns = max((len(q) for q in queues.values()), default=0)
+    return [q[i] for i in range(turns) for q in queues.values() if i < len(q)]
+
+
 def _feeds(recv: Step, run: Step) -> bool:
     """Whether a received piece holds rows the run reads."""
     rows = run["inputs"].get(recv["tensor"])
@@ -254,7 +271,7 @@ def build_schedule(trunk: Trunk, plan: Plan, devices: list[str], host: str) -> S
     scheduler = Scheduler(trunk, devices, host, gather=plan.exchange == "host")
     exit_recvs: list[Step] = []
     for k in range(len(plan.blocks)):
-        exit_recvs += scheduler.add_block(k, [j for j in jobs if j.block == k])
+        exit_recvs += scheduler.add_block(k, [j for j in jobs if j.block == k], stream=plan.blocks[k].stream)
     programs = scheduler.programs()
     # Exits are collected last: the host must not wait for them before its next block.
     programs[host] += exit_recvs + scheduler.finish()

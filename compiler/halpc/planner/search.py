@@ -13,10 +13,10 @@ import itertools
 from typing import Callable
 
 from halpc.errors import HalpcError
-from halpc.planner.plan import BlockPlan, Strip
+from halpc.planner.plan import BlockPlan
 from halpc.planner.context import Context
 
-Layout = Callable[[int, int], tuple[Strip, ...]]  # (start, stop) -> strips of that block
+Layout = Callable[[int, int], BlockPlan | None]  # (start, stop) -> that block laid out; None: not offered
 EXHAUSTIVE_LIMIT = 300_000  # plans: (layouts + 1) ** cut points
 MAX_BLOCK_CUTS = 6  # a block spans at most this many cut points: deeper ones redo too much halo (and cost planning time)
 
@@ -41,12 +41,15 @@ def best_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], f
     table: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
     for stop in positions[1 : MAX_BLOCK_CUTS + 2]:
         for o in options:
-            table[(0, stop, o)] = (ctx.block_cost(None, _block(layouts, 0, stop, o)), None)
+            if (block := layouts[o](0, stop)) is not None:
+                table[(0, stop, o)] = (ctx.block_cost(None, block), None)
     for i, start in enumerate(positions[1:-1], start=1):
         entering = [k for k in table if k[1] == start]
         for stop in positions[i + 1 : i + MAX_BLOCK_CUTS + 2]:
             for o in options:
-                block = _block(layouts, start, stop, o)
+                block = layouts[o](start, stop)
+                if block is None:
+                    continue
                 best = None
                 for prev in entering:
                     cost = table[prev][0] + ctx.block_cost(_block(layouts, *prev), block)
@@ -78,11 +81,12 @@ def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPl
             spans = list(zip(bounds, bounds[1:]))
             if any(_cuts_spanned(ctx, a, b) > MAX_BLOCK_CUTS for a, b in spans):
                 continue
-            for choice in itertools.product(range(len(layouts)), repeat=len(spans)):
-                blocks = [_block(layouts, a, b, o) for (a, b), o in zip(spans, choice)]
-                cost = plan_cost(ctx, blocks)
+            offered = [[block for o in range(len(layouts)) if (block := layouts[o](a, b)) is not None]
+                       for a, b in spans]
+            for chosen_blocks in itertools.product(*offered):
+                cost = plan_cost(ctx, list(chosen_blocks))
                 if best is None or cost < best[0]:
-                    best = (cost, blocks)
+                    best = (cost, list(chosen_blocks))
     assert best is not None
     return best[1], best[0]
 
@@ -92,4 +96,6 @@ def _cuts_spanned(ctx: Context, start: int, stop: int) -> int:
 
 
 def _block(layouts: list[Layout], start: int, stop: int, option: int) -> BlockPlan:
-    return BlockPlan(start, stop, layouts[option](start, stop))
+    block = layouts[option](start, stop)
+    assert block is not None  # only offered layouts enter the table
+    return block

@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 from functools import lru_cache
 
@@ -26,7 +28,7 @@ from halpc.planner.memory import device_memory, over_memory
 from halpc.planner.names import STRATEGIES
 from halpc.planner.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.planner.predict import predict
-from halpc.planner.search import best_blocks, exhaustive_blocks, plan_cost
+from halpc.planner.search import Layout, best_blocks, exhaustive_blocks, plan_cost
 from halpc.planner.subsets import fastest_subset
 from halpc.progress import Progress, silent
 
@@ -96,18 +98,29 @@ def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float, dic
 def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan:
     """The plan of `blocks`, every strip exact on the target (see `legal`)."""
     trunk = ctx.trunk
-    blocks = tuple(BlockPlan(b.start, b.stop, ctx.legal.strips(b.start, b.stop, b.strips)) for b in blocks)
+    blocks = tuple(replace(b, strips=ctx.legal.strips(b.start, b.stop, b.strips)) for b in blocks)
     return Plan(strategy, trunk.model.sha256, dict(trunk.model.input_shapes), blocks, exchange=exchange)
 
 
-def layout_choices(ctx: Context, strategy: str):
+def layout_choices(ctx: Context, strategy: str) -> list[Layout]:
     """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
-    worse than local); halp may also choose host-assisted strips (so it is never worse than
-    dpfp). All under the cost model, each layout made exact on the target before it is costed."""
+    worse than local); halp may also choose host-assisted strips, and for the first block the
+    streamed ones (so it is never worse than dpfp). All under the cost model, each layout made
+    exact on the target before it is costed."""
     choosers = [layouts.host_only, layouts.contiguous]
     if strategy == "halp":
-        choosers += [layouts.boundary_first]
-    return [lru_cache(maxsize=None)(lambda a, b, f=f: ctx.legal.strips(a, b, f(ctx, a, b))) for f in choosers]
+        choosers += [layouts.boundary_first, layouts.streamed]
+
+    def choice(chooser) -> Layout:
+        stream = chooser is layouts.streamed
+
+        @lru_cache(maxsize=None)
+        def block(a: int, b: int) -> BlockPlan | None:
+            strips = chooser(ctx, a, b)
+            return None if strips is None else BlockPlan(a, b, ctx.legal.strips(a, b, strips), stream)
+        return block
+
+    return [choice(f) for f in choosers]
 
 
 def _ftp(ctx: Context) -> list[BlockPlan]:
