@@ -1,6 +1,8 @@
-"""The planner on uneven clusters: halp planned on the whole cluster only (as before) beside halp
-planned on the subsets of helpers that pay (`halpc.planner.subsets`), VGG-16 224x224, devices of
-8 GMAC/s, 1 ms link latency (the setup of issue 16). Both are planned in the same run.
+"""The planner on uneven clusters, three ways in one run: halp on the whole cluster only (as
+before subsets), on the subsets of helpers that pay (`halpc.planner.subsets`), and as now
+(subsets, a streamed first block offered (`layouts.streamed`), the DP's blocks refined by the
+full timeline (`search.refine`)). VGG-16 224x224, devices of 8 GMAC/s, 1 ms link latency (the
+setup of issue 16).
 
 Run: python benchmarks/subsets.py [--models vgg16,resnet18]
 Prints: (1) a third device behind a 2 Mbit/s link; (2) predicted latency for 2-5 devices at
@@ -24,7 +26,7 @@ sys.path[:0] = [str(ROOT / "examples")]
 import models  # noqa: E402
 from halpc.analyse.trunk import analyse  # noqa: E402
 from halpc.inputs.model import load_model  # noqa: E402
-from halpc.planner import subsets  # noqa: E402
+from halpc.planner import layouts, strategies, subsets  # noqa: E402
 from halpc.planner.context import context  # noqa: E402
 from halpc.planner.strategies import make_plan  # noqa: E402
 from strategies import cluster as uniform_cluster  # noqa: E402  (benchmarks/strategies.py)
@@ -35,15 +37,23 @@ def cluster(devices: int, mbps: float, slow: dict[str, float] | None = None):
     return uniform_cluster(devices, mbps, latency_ms=1.0, slow=slow)
 
 
+PLANNERS = ("whole cluster", "subsets", "now")
+
+
 @contextmanager
-def whole_cluster_only():
-    """Plan as before this change: the whole cluster, no subsets."""
-    saved = subsets.MAX_SUBSETS
-    subsets.MAX_SUBSETS = 1
+def planned_as(label: str):
+    """halp as before subsets ("whole cluster": the whole cluster only), as before streamed rows
+    ("subsets": no streamed first block, no refinement by the full timeline), or as now."""
+    saved = subsets.MAX_SUBSETS, layouts.streamed, strategies.refine
+    if label != "now":
+        layouts.streamed = lambda ctx, start, stop: None
+        strategies.refine = lambda blocks, latency, *rest: (blocks, latency)
+    if label == "whole cluster":
+        subsets.MAX_SUBSETS = 1
     try:
         yield
     finally:
-        subsets.MAX_SUBSETS = saved
+        subsets.MAX_SUBSETS, layouts.streamed, strategies.refine = saved
 
 
 def halp(trunk, cl) -> tuple[float, float, list[str]]:
@@ -67,23 +77,20 @@ def main() -> None:
 
             print("\n(1) host + dev-1 at 100 Mbit/s, dev-2's links at 2 Mbit/s: halp speedup")
             for label, cl in (("host + dev-1", cluster(2, 100)), ("+ dev-2 at 2 Mbit/s", cluster(3, 100, {"dev-2": 2}))):
-                with whole_cluster_only():
+                with planned_as("whole cluster"):
                     before = halp(trunk, cl)
                 after = halp(trunk, cl)
-                print(f"  {label:<22} whole cluster {local / before[0]:.2f}x   subsets {local / after[0]:.2f}x "
+                print(f"  {label:<22} whole cluster {local / before[0]:.2f}x   now {local / after[0]:.2f}x "
                       f"(uses {', '.join(after[2])})")
 
             print("\n(2) halp predicted ms, 2-5 devices; 'slower' marks one more device predicted slower")
             print(f"  {'Mbit/s':>6}  {'planner':<13}" + "".join(f"{n:>8} dev" for n in range(2, 6)))
             times = {}
             for mbps in (10, 25, 50, 100):
-                for label in ("whole cluster", "subsets"):
+                for label in PLANNERS:
                     row = []
                     for n in range(2, 6):
-                        if label == "whole cluster":
-                            with whole_cluster_only():
-                                ms, seconds, _ = halp(trunk, cluster(n, mbps))
-                        else:
+                        with planned_as(label):
                             ms, seconds, _ = halp(trunk, cluster(n, mbps))
                         times[(label, mbps, n)] = seconds
                         row.append(ms)
@@ -93,8 +100,8 @@ def main() -> None:
 
             print("\n(3) planning seconds for 5 devices (halp, which also plans dpfp and local)")
             for mbps in (10, 25, 50, 100):
-                print(f"  {mbps:>4} Mbit/s: whole cluster {times[('whole cluster', mbps, 5)]:.2f} s, "
-                      f"subsets {times[('subsets', mbps, 5)]:.2f} s")
+                print(f"  {mbps:>4} Mbit/s: " + ", ".join(f"{label} {times[(label, mbps, 5)]:.2f} s"
+                                                      for label in PLANNERS))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ def over_memory(ctx: Context, plan: Plan, found: dict[str, DeviceMemory] | None 
     """The devices whose `memory_mb` the plan's predicted peak (`found`, if already predicted)
     exceeds, each with a phrase that says by how much (a device the plan gives nothing need not
     run at all)."""
+    if not ctx.memory_mb:
+        return {}
     found = found or device_memory(ctx, plan)
     working = {*plan.devices(), ctx.cluster.host.name}
     return {d: f"needs {found[d].total_mb:.0f} MB, has {limit:g} MB" for d, limit in ctx.memory_mb.items()

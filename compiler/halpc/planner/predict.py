@@ -10,11 +10,12 @@ from halpc.planner.plan import Plan
 from halpc.planner.schedule import build_schedule
 
 
-def predict(ctx: Context, plan: Plan) -> Prediction:
+def predict(ctx: Context, plan: Plan, record: bool = True) -> Prediction:
+    """The plan's timeline (without `record`, only its times: what the planner compares)."""
     host = ctx.cluster.host.name
     schedule = build_schedule(ctx.trunk, plan, list(ctx.cluster.names), host)
     return play(schedule.programs, host, ctx.compute_seconds, ctx.transfer, ctx.tensor_specs,
-                    ctx.message_seconds)
+                ctx.message_seconds, record=record)
 
 
 def bundle_cluster(manifest: dict) -> Cluster:

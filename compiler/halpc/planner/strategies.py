@@ -28,7 +28,7 @@ from halpc.planner.memory import device_memory, over_memory
 from halpc.planner.names import STRATEGIES
 from halpc.planner.plan import BlockPlan, Plan, Strip, even_plan
 from halpc.planner.predict import predict
-from halpc.planner.search import Layout, best_blocks, exhaustive_blocks, plan_cost
+from halpc.planner.search import Layout, best_blocks, exhaustive_blocks, plan_cost, refine
 from halpc.planner.subsets import fastest_subset
 from halpc.progress import Progress, silent
 
@@ -87,12 +87,26 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
 
 
 def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float, dict[str, str]]:
-    """The DP's blocks on `ctx`'s devices, its objective, the predicted latency (ms; infinite
-    when the plan gives a device more memory than it has) and why each such device is over."""
-    blocks, objective = best_blocks(ctx, layout_choices(ctx, strategy))
+    """The DP's blocks on `ctx`'s devices, refined by the full timeline (`search.refine`), its
+    objective, the predicted latency (ms; infinite when the plan gives a device more memory
+    than it has) and why each such device is over."""
+    choices = layout_choices(ctx, strategy)
+    blocks, objective = best_blocks(ctx, choices)
     plan = _plan(ctx, strategy, blocks)
     over = over_memory(ctx, plan)
-    return blocks, objective, math.inf if over else round(predict(ctx, plan).latency_s * 1e3, 3), over
+    latency_ms = _latency_ms(ctx, blocks, plan, over)
+    refined, refined_ms = refine(blocks, latency_ms, choices, lambda b: _latency_ms(ctx, b))
+    if refined_ms < latency_ms:
+        blocks, objective, latency_ms = refined, plan_cost(ctx, refined), refined_ms
+        over = over_memory(ctx, _plan(ctx, strategy, blocks))
+    return blocks, objective, latency_ms, over
+
+
+def _latency_ms(ctx: Context, blocks, plan: Plan | None = None, over: dict | None = None) -> float:
+    """The predicted latency of `blocks` (ms; infinite where they overfill a device's memory)."""
+    plan = plan or _plan(ctx, "", blocks)
+    over = over_memory(ctx, plan) if over is None else over
+    return math.inf if over else round(predict(ctx, plan, record=False).latency_s * 1e3, 3)
 
 
 def _plan(ctx: Context, strategy: str, blocks, exchange: str = "direct") -> Plan:
