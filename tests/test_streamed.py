@@ -8,7 +8,6 @@ plan files carry it, and a streamed plan compiles and runs bit-exact over real s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -212,7 +212,7 @@ def streamed(ctx: Context, start: int, stop: int) -> tuple[Strip, ...] | None:
         return None
     best: tuple[float, tuple[Strip, ...], tuple[Strip, ...]] | None = None  # time, strips, shares
 
-    def play(shares: tuple[Strip, ...], shape: tuple[int, float]) -> dict[str, float]:
+    def try_shape(shares: tuple[Strip, ...], shape: tuple[int, float]) -> dict[str, float]:
         nonlocal best
         strips = ctx.legal.strips(start, stop, _in_pieces(shares, host, *shape))
         finish = ctx.finish_times(BlockPlan(start, stop, strips, stream=True))
@@ -229,13 +229,13 @@ def streamed(ctx: Context, start: int, stop: int) -> tuple[Strip, ...] | None:
                 break
             tried.add(tuple(sizes))
             shares = _halp_layout(ctx, io, rows, host, devices[1:], sizes)
-            finish = play(shares, shape)
+            finish = try_shape(shares, shape)
             mean = sum(finish.values()) / len(finish)
             owned = {d: sum(s.rows[1] - s.rows[0] for s in shares if s.device == d) for d in devices}
             weights = [max(owned[d], 0.5) * mean / max(finish[d], 1e-12) for d in devices]
     assert best is not None
     for shape in STREAM_SHAPES[BALANCED:]:
-        play(best[2], shape)
+        try_shape(best[2], shape)
     return best[1]
 
 

@@ -15,7 +15,7 @@ from halpc.analyse.strips import block_io, strip_at
 from halpc.analyse.trunk import Trunk
 from halpc.inputs.cluster import Cluster
 from halpc.inputs.target import Target
-from halpc.planner.plan import BlockPlan, Plan, Strip, join_neighbours
+from halpc.planner.plan import Plan, Strip, join_neighbours
 
 
 class Legal:

@@ -8,15 +8,16 @@
   strips (the depth that the cost model likes best), the host runs the rest.
 - dpfp: dynamic programming over block boundaries, balanced contiguous strips, rows exchanged
   device to device between blocks.
-- halp: the same DP with host-assisted strips (see `layouts.halp`).
-  dpfp and halp are planned on the subsets of helpers that pay (`subsets`).
+- halp: the same DP with host-assisted strips (see `layouts.halp`) and, for the first block,
+  streamed ones (`layouts.streamed`).
+  dpfp and halp are planned on the subsets of helpers that pay (`subsets`), and the DP's blocks
+  refined by the full timeline (`search.refine`).
 - exhaustive: every set of cut points, with dpfp's and halp's strips: the oracle for both.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import math
+from dataclasses import replace
 from functools import lru_cache
 
 from halpc.analyse.strips import block_io
