@@ -426,6 +426,38 @@ def test_every_field_with_line_breaks_and_odd_types(world):
     COUNTS.report("odd fields", examples=examples, cases=examples * len(FIELDS) * len(odd) * 2)
 
 
+def test_a_probe_part_read_with_more_waiting_answers_gap_zero(world):
+    """The stub times a probe's two parts as it reads them. Where more was already waiting when
+    it read the first (it was busy as they came), that time is when it was read, not when it
+    arrived, and the gap would read a link far too fast: the answer says gap 0 (the host reads
+    it as saying nothing). With nothing waiting the gap is what it measured."""
+    host = world.manifest.host.name
+    session = "probe-session"
+    hello(world, session)
+
+    def probe(seq: int, waiting: bool) -> float:
+        parts = [[wire.encode({"kind": "probe", "from": host, "session": session, "seq": seq, "part": part}),
+                  np.zeros(size, np.uint8).tobytes()] for part, size in ((0, 1024), (1, 4096))]
+        pusher = world.node.context.socket(zmq.PUSH)
+        try:
+            if waiting:  # a message in the inbox, not yet read, while the first part is handled
+                pusher.connect(world.node.endpoint)
+                pusher.send_multipart([wire.encode({"kind": "ping", "from": host, "session": session, "t": 2.0})])
+                deadline = time.monotonic() + 5
+                while not world.node.waiting() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            assert deliver(world.node, parts[0]) is None
+            time.sleep(0.002)
+            assert deliver(world.node, parts[1]) is None
+        finally:
+            pusher.close(linger=0)
+        world.node.receive(timeout_ms=0)  # the waiting ping, read at last
+        (answer,) = [h for _, h, _ in world.sent if h["kind"] == "probed" and h["seq"] == seq]
+        return answer["gap"]
+
+    assert probe(1, waiting=False) >= 0.002
+    assert probe(2, waiting=True) == 0.0
+
 def test_random_frames(world):
     """Random bytes, random JSON, deep nesting, oversized headers, 0 to 4 frames."""
     header_bytes = st.one_of(

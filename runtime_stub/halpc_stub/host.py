@@ -383,8 +383,9 @@ class HostSession:
 
     def take_probes(self) -> list[tuple[str, float]]:
         """(device, Mbit/s) of every probe answered since the last call; NaN where the answer
-        says nothing about the link: a gap under MIN_PROBE_GAP_S means the device read both
-        parts in one go (it was busy when they came)."""
+        says nothing about the link: the device found more waiting when it read the first part
+        (it answers gap 0), or a gap under MIN_PROBE_GAP_S (it read both parts in one go: it was
+        busy when they came)."""
         self.node.receive(timeout_ms=0)
         found = [(device, size * 8 / gap / 1e6 if gap >= MIN_PROBE_GAP_S else math.nan)
                  for device, size, gap in self.node.probed]

@@ -236,6 +236,10 @@ class Node:
                 self.rejected += 1
                 log.warning("%s: rejected a message: %s", self.name, exc)
 
+    def waiting(self) -> bool:
+        """Whether another message is already waiting to be read."""
+        return bool(self.inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     def close(self) -> None:
         for sock in [*self.peers.values(), *self.monitors.values()]:
             sock.close()

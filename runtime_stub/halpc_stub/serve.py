@@ -35,7 +35,7 @@ class StubNode(Node):
         self.hosts = list(dict.fromkeys(p.source for p in self.plans.values() if p.program or not several))
         self.current: dict[str, str] = {}  # host -> its current session
         self.served_by: Counter[str] = Counter()  # tasks served per source
-        self.probe_marks: dict[tuple[str, int], float] = {}  # first part's arrival
+        self.probe_marks: dict[tuple[str, int], float | None] = {}  # first part's arrival (None: late)
 
     def _host(self, header: dict[str, Any]) -> str:
         """The sender, if it is a host this device serves."""
@@ -76,14 +76,17 @@ class StubNode(Node):
         if part == 0:
             if len(self.probe_marks) >= 16:
                 self.probe_marks.pop(next(iter(self.probe_marks)))
-            self.probe_marks[(session, seq)] = arrived
+            # With more already waiting, this part came while the device was busy: its time is
+            # when it was read, not when it arrived, and the gap would read a link far too fast
+            # (1 Gbit/s seen on a 100 Mbit/s link). The answer then says so: gap 0.
+            self.probe_marks[(session, seq)] = None if self.waiting() else arrived
             return
-        first = self.probe_marks.pop((session, seq), None)
-        if first is None:
+        if (session, seq) not in self.probe_marks:
             raise wire.Rejected(f"probe {seq} part 1 without part 0")
+        first = self.probe_marks.pop((session, seq))
         self.send(host, wire.encode({
             "kind": "probed", "from": self.name, "session": session, "seq": seq,
-            "bytes": size, "gap": arrived - first,
+            "bytes": size, "gap": 0.0 if first is None else arrived - first,
         }))
 
     def on_cancel(self, header: dict[str, Any], frames: list[Any]) -> None:

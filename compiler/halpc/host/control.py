@@ -2,7 +2,7 @@
 
 `Controller.choose` is what `HostSession.stream` asks before each task; `Controller.finished`
 is told when one is done. After a task the host probes each device's link (at most every
-PROBE_INTERVAL_S) with its own transfers (`HostSession.probe`: two messages back to back; the device times the gap
+PROBE_INTERVAL_S, or at once after a probe that said nothing) with its own transfers (`HostSession.probe`: two messages back to back; the device times the gap
 between their arrivals, over which the second crossed the link at the link's rate). Probes go
 out when the task is done, so with one task in flight they measure the link and not the task's
 own traffic. Timing the task's rows instead was tried: a device busy computing, or starved of
@@ -35,6 +35,10 @@ PROBE_TIMEOUT_S = 2.0  # a probe not answered by then is forgotten and sent agai
 # At most this often per link: a probe is 112 kB, 18% of a 10 Mbit/s link's time at this rate.
 # Probing after every task of a fast stream would fill the link and both processors.
 PROBE_INTERVAL_S = 0.5
+# A probe reads at most this times the cluster file's rate. A board starved of CPU reads a
+# probe's first part late and the gap short: 300-1000 Mbit/s were read on a 100 Mbit/s link,
+# and such a sample would keep the estimate high for several probes after the link dropped.
+MAX_PROBE_FACTOR = 1.5
 
 
 def plan_options(manifest: Manifest) -> list[PlanOption]:
@@ -75,7 +79,8 @@ class Controller:
         self.options = plan_options(manifest)
         self.predict = cached(bundle_predictor(manifest))
         self.devices = list(host.workers)
-        self.estimator = LinkEstimator(nominal_rates(manifest, self.devices), alpha)
+        self.nominal = nominal_rates(manifest, self.devices)
+        self.estimator = LinkEstimator(self.nominal, alpha)
         # task -> (choice, the link estimate it was made at; 0 for a device out of use)
         self.decisions: dict[int, tuple[Choice, dict[str, float]]] = {}
         self.uses = {p.id: host.devices_of(p) for p in host.node.plans.values()}  # plan -> its devices
@@ -89,13 +94,14 @@ class Controller:
     def choose(self, task: int) -> str:
         for device, mbps in self.host.take_probes():
             self.probing.pop(device, None)
-            if math.isnan(mbps):  # answered, but says nothing of the link: the next one may
-                continue
+            if math.isnan(mbps):  # answered, but says nothing of the link: probe again after
+                self.probed.pop(device, None)  # this task, not an interval later (the link may
+                continue  # have just changed, and the estimate would lag it by one more probe)
             if device in self.out:
                 self.estimator.forget(device)
                 self.out.discard(device)
-            self.estimator.observe(device, mbps)
             self.samples.append((clock.now(), device, mbps))
+            self.estimator.observe(device, min(mbps, MAX_PROBE_FACTOR * self.nominal[device]))
         out = self.out = self.out | self.host.down.keys()
         estimate = {d: v for d, v in self.estimator.estimate.items() if d not in out}
         avoid = out if self.policy in ("adaptive", "select") else set()  # the policies that go by prediction
