@@ -452,11 +452,13 @@ def test_a_probe_part_read_with_more_waiting_answers_gap_zero(world):
         finally:
             pusher.close(linger=0)
         world.node.receive(timeout_ms=0)  # the waiting ping, read at last
-        (answer,) = [h for _, h, _ in world.sent if h["kind"] == "probed" and h["seq"] == seq]
+        (answer,) = [h for _, h, _ in world.sent
+                     if h["kind"] == "probed" and h["session"] == session and h["seq"] == seq]
         return answer["gap"]
 
     assert probe(1, waiting=False) >= 0.002
     assert probe(2, waiting=True) == 0.0
+
 
 def test_random_frames(world):
     """Random bytes, random JSON, deep nesting, oversized headers, 0 to 4 frames."""
