@@ -16,6 +16,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from halpc.planner.plan import BlockPlan, Strip, join_neighbours
 from halpc.planner.context import Context
 from halpc.analyse.rows import Rows
@@ -95,24 +97,37 @@ def halp(ctx: Context, start: int, stop: int) -> tuple[Strip, ...]:
     secondaries = list(ctx.cluster.names[1:])
     if not secondaries or rows < 2 * len(secondaries) + 1:
         return contiguous(ctx, start, stop)
-    weights = [ctx.speeds[d] for d in [host, *secondaries]]
     best: tuple[float, tuple[Strip, ...]] | None = None
+
+    def finish_of(strips: tuple[Strip, ...]) -> dict[str, float]:
+        nonlocal best
+        finish = _halp_finish(ctx, io, strips, first=start == 0)
+        if best is None or max(finish.values()) < best[0]:
+            best = (max(finish.values()), strips)
+        return finish
+
+    _balance(ctx, io, rows, host, secondaries, finish_of)
+    assert best is not None
+    return best[1]
+
+
+def _balance(ctx: Context, io, rows: int, host: str, secondaries: list[str],
+             finish_of: Callable[[tuple[Strip, ...]], dict[str, float]]) -> None:
+    """Up to ROUNDS of halp's shares (`_halp_layout`): each played by `finish_of` (which keeps
+    the best it saw), then every device's rows scaled by how early it finished against the mean."""
+    devices = [host, *secondaries]
+    weights = [ctx.speeds[d] for d in devices]
     tried: set[tuple[int, ...]] = set()
     for _ in range(ROUNDS):
         sizes = proportional_sizes(weights, rows)
         if tuple(sizes) in tried:
             break
         tried.add(tuple(sizes))
-        strips = _halp_layout(ctx, io, rows, host, secondaries, sizes)
-        finish = _halp_finish(ctx, io, strips, first=start == 0)
-        worst = max(finish.values())
-        if best is None or worst < best[0]:
-            best = (worst, strips)
+        shares = _halp_layout(ctx, io, rows, host, secondaries, sizes)
+        finish = finish_of(shares)
         mean = sum(finish.values()) / len(finish)
-        owned = {d: sum(s.rows[1] - s.rows[0] for s in strips if s.device == d) for d in finish}
-        weights = [max(owned[d], 0.5) * mean / max(finish[d], 1e-12) for d in [host, *secondaries]]
-    assert best is not None
-    return best[1]
+        owned = {d: sum(s.rows[1] - s.rows[0] for s in shares if s.device == d) for d in devices}
+        weights = [max(owned[d], 0.5) * mean / max(finish[d], 1e-12) for d in devices]
 
 
 def _halp_layout(ctx: Context, io, rows: int, host: str, secondaries: list[str],
@@ -221,18 +236,7 @@ def streamed(ctx: Context, start: int, stop: int) -> tuple[Strip, ...] | None:
         return finish
 
     for shape in STREAM_SHAPES[:BALANCED]:
-        weights = [ctx.speeds[d] for d in devices]
-        tried: set[tuple[int, ...]] = set()
-        for _ in range(ROUNDS):
-            sizes = proportional_sizes(weights, rows)
-            if tuple(sizes) in tried:
-                break
-            tried.add(tuple(sizes))
-            shares = _halp_layout(ctx, io, rows, host, devices[1:], sizes)
-            finish = try_shape(shares, shape)
-            mean = sum(finish.values()) / len(finish)
-            owned = {d: sum(s.rows[1] - s.rows[0] for s in shares if s.device == d) for d in devices}
-            weights = [max(owned[d], 0.5) * mean / max(finish[d], 1e-12) for d in devices]
+        _balance(ctx, io, rows, host, devices[1:], lambda shares, shape=shape: try_shape(shares, shape))
     assert best is not None
     for shape in STREAM_SHAPES[BALANCED:]:
         try_shape(best[2], shape)
