@@ -1,7 +1,8 @@
-"""The planner on uneven clusters, three ways in one run: halp on the whole cluster only (as
-before subsets), on the subsets of helpers that pay (`halpc.planner.subsets`), and as now
+"""The planner on uneven clusters, four ways in one run: halp on the whole cluster only (as
+before subsets), on the subsets of helpers that pay (`halpc.planner.subsets`), "streamed"
 (subsets, a streamed first block offered (`layouts.streamed`), the DP's blocks refined by the
-full timeline (`search.refine`)). VGG-16 224x224, devices of 8 GMAC/s, 1 ms link latency (the
+full timeline (`search.refine`)), and as now (later blocks may also go to the host and one
+helper, `layouts.one_helper`). VGG-16 224x224, devices of 8 GMAC/s, 1 ms link latency (the
 setup of issue 16).
 
 Run: python benchmarks/subsets.py [--models vgg16,resnet18]
@@ -37,15 +38,18 @@ def cluster(devices: int, mbps: float, slow: dict[str, float] | None = None):
     return uniform_cluster(devices, mbps, latency_ms=1.0, slow=slow)
 
 
-PLANNERS = ("whole cluster", "subsets", "now")
+PLANNERS = ("whole cluster", "subsets", "streamed", "now")
 
 
 @contextmanager
 def planned_as(label: str):
     """halp as before subsets ("whole cluster": the whole cluster only), as before streamed rows
-    ("subsets": no streamed first block, no refinement by the full timeline), or as now."""
-    saved = subsets.MAX_SUBSETS, layouts.streamed, strategies.refine
+    ("subsets": no streamed first block, no refinement by the full timeline), as before
+    per-block helper subsets ("streamed": no `one_helper` layout), or as now."""
+    saved = subsets.MAX_SUBSETS, layouts.streamed, strategies.refine, layouts.one_helper
     if label != "now":
+        layouts.one_helper = lambda ctx, start, stop: None
+    if label not in ("streamed", "now"):
         layouts.streamed = lambda ctx, start, stop: None
         strategies.refine = lambda blocks, latency, *rest: (blocks, latency)
     if label == "whole cluster":
@@ -53,7 +57,7 @@ def planned_as(label: str):
     try:
         yield
     finally:
-        subsets.MAX_SUBSETS, layouts.streamed, strategies.refine = saved
+        subsets.MAX_SUBSETS, layouts.streamed, strategies.refine, layouts.one_helper = saved
 
 
 def halp(trunk, cl) -> tuple[float, float, list[str]]:

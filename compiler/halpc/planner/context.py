@@ -84,7 +84,10 @@ class Context:
     memory_mb: dict[str, float] = field(default_factory=dict)  # what each device's part may take
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
-    _alone: dict = field(default_factory=dict)  # makespan of a block on its own
+    _alone: dict = field(default_factory=dict)  # makespan of a block on its own, its scheduler
+    _compute: dict = field(default_factory=dict)  # each device's compute seconds in a block
+    _subs: dict = field(default_factory=dict)  # the contexts of subsets, by their devices' names
+    laid_out: dict = field(default_factory=dict)  # (layout chooser, start, stop) -> BlockPlan | None
     memo: dict = field(default_factory=dict)  # for layout choosers
 
     def __post_init__(self) -> None:
@@ -96,13 +99,26 @@ class Context:
         """The same model and device costs on the cluster less helper `device`. What does not
         depend on which devices there are (strip jobs, a strip's seconds on a named device, its
         exactness on that device) is shared; a block's cost, which does, is its own."""
+        names = frozenset(self.cluster.names) - {device}
+        if names in self._subs:  # every strategy searches the same subsets: cached costs serve all
+            return self._subs[names]
+
         def rest(values: dict) -> dict:
             return {d: v for d, v in values.items() if d != device}
 
         sub = Context(self.trunk, self.cluster.without(device), rest(self.speeds), rest(self.overheads),
                       rest(self.weight_rates), rest(self.message_overheads), self.target, rest(self.int8_speeds),
-                      rest(self.memory_mb), _jobs=self._jobs, memo=self.memo)
+                      rest(self.memory_mb), _jobs=self._jobs, _subs=self._subs, memo=self.memo)
         sub.legal = self.legal
+        self._subs[names] = sub
+        return sub
+
+    def keeping(self, names: list[str]) -> Context:
+        """The same model and device costs on the cluster's devices `names` alone (host in)."""
+        sub = self
+        for device in self.cluster.names:
+            if device not in names:
+                sub = sub.without(device)
         return sub
 
     @property
@@ -135,15 +151,8 @@ class Context:
         """
         key = (prev, block, gather)
         if key not in self._costs:
-            names = list(self.cluster.names)
             host = self.cluster.host.name
-            scheduler = Scheduler(self.trunk, names, host, gather, costing=True)
-            before = 0.0
-            if prev is not None:
-                scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)
-                if (prev, gather) not in self._alone:
-                    self._alone[(prev, gather)] = self._makespan(scheduler.programs())
-                before = self._alone[(prev, gather)]
+            before, scheduler = self._after(prev, gather)
             exit_recvs = scheduler.add_block(1, self.jobs(block.start, block.stop, block.strips), stream=block.stream)
             programs = scheduler.programs()
             programs[host] = programs[host] + exit_recvs
@@ -151,6 +160,38 @@ class Context:
                 programs[host] += scheduler.finish()
             self._costs[key] = self._makespan(programs) - before
         return self._costs[key]
+
+    def cost_floor(self, prev: BlockPlan, block: BlockPlan, gather: bool = False) -> float:
+        """A lower bound of `block_cost(prev, block)` without playing them: a device computes
+        its strips of `prev`, then of `block`, one after the other, so the two end no sooner
+        than its compute of both, whenever its rows arrive. The DP skips a pair whose bound
+        cannot beat the best found (most pairs: an early block laid out badly)."""
+        before = self._after(prev, gather, copy=False)[0]
+        mine, theirs = self._work(prev), self._work(block)
+        return max(mine.get(d, 0.0) + seconds for d, seconds in theirs.items()) - before
+
+    def _work(self, block: BlockPlan) -> dict[str, float]:
+        """Each device's compute seconds in `block` (a device reads the block's weights once)."""
+        if block not in self._compute:
+            work: dict[str, float] = {}
+            for job in self.jobs(block.start, block.stop, block.strips):
+                step = {"macs": job.macs, "int8_macs": job.int8_macs,
+                        "weights": 0 if job.device in work else job.weights}
+                work[job.device] = work.get(job.device, 0.0) + self.compute_seconds(job.device, step)
+            self._compute[block] = work
+        return self._compute[block]
+
+    def _after(self, prev: BlockPlan | None, gather: bool, copy: bool = True) -> tuple[float, Scheduler]:
+        """The makespan of `prev` alone and a scheduler that has played it (a copy of one kept
+        per block: the DP costs every block after the same few dozen)."""
+        if prev is None:
+            return 0.0, Scheduler(self.trunk, list(self.cluster.names), self.cluster.host.name, gather, costing=True)
+        if (prev, gather) not in self._alone:
+            scheduler = Scheduler(self.trunk, list(self.cluster.names), self.cluster.host.name, gather, costing=True)
+            scheduler.add_block(0, self.jobs(prev.start, prev.stop, prev.strips), True)
+            self._alone[(prev, gather)] = self._makespan(scheduler.programs()), scheduler
+        before, scheduler = self._alone[(prev, gather)]
+        return before, scheduler.copy() if copy else scheduler
 
     def finish_times(self, block: BlockPlan) -> dict[str, float]:
         """When each device is done computing `block`, played alone from the task's start."""

@@ -9,6 +9,9 @@
   segment, one after the other, while it computes: later secondaries start later and get less.
 - `boundary_first`: halp's layout with every device's rows next to a neighbour as a strip of
   their own, run first (halp's strategy uses this one).
+- `one_helper`: `boundary_first` over the host and the helper with the fastest link alone, for
+  blocks after the first: on slow links a first block shared by every helper can pay while
+  later blocks' halo exchanges between them cost more than their rows save.
 - `streamed`: for the first block on slow links, halp's layout with each secondary's share cut
   into pieces that grow from the top; the host streams the input (`BlockPlan.stream`): its
   sends take turns over the secondaries, so each starts on its first small piece while the rest
@@ -257,3 +260,18 @@ def _in_pieces(strips: tuple[Strip, ...], host: str, pieces: int, growth: float)
             out.append(Strip(strip.device, (a, a + size)))
             a += size
     return tuple(out)
+
+
+def one_helper(ctx: Context, start: int, stop: int) -> tuple[Strip, ...] | None:
+    """`boundary_first` over the host and the helper with the fastest link (then the fastest
+    device) alone; None for the first block (the subsets of helpers planned whole cover it) and
+    where the cluster has fewer than two helpers (it would be `boundary_first` itself)."""
+    helpers = ctx.cluster.secondaries
+    if start == 0 or len(helpers) < 2:
+        return None
+    host = ctx.cluster.host.name
+    best = max(helpers, key=lambda d: (ctx.cluster.link(host, d.name).bandwidth_mbps, ctx.speeds[d.name]))
+    key = ("one helper", best.name, start, stop)  # the same on every subset that has `best`
+    if key not in ctx.memo:
+        ctx.memo[key] = boundary_first(ctx.keeping([host, best.name]), start, stop)
+    return ctx.memo[key]

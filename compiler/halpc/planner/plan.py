@@ -36,6 +36,12 @@ class BlockPlan:
     # piece, and each device runs its strips top down as their rows arrive (`layouts.streamed`).
     stream: bool = False
 
+    def __hash__(self) -> int:
+        # Blocks key the planner's caches and are hashed there millions of times: once each.
+        if "_hash" not in self.__dict__:
+            object.__setattr__(self, "_hash", hash((self.start, self.stop, self.strips, self.stream)))
+        return self.__dict__["_hash"]
+
     @property
     def boundaries(self) -> list[int]:
         return [self.strips[0].rows[0]] + [s.rows[1] for s in self.strips]

@@ -8,6 +8,7 @@ device can wait on another that waits on it.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -94,6 +95,16 @@ class Scheduler:
         self.producer: dict[tuple[str, str, Rows], Step] = {}
         self.then: dict[int, list[Step]] = {}
         self.streamed: set[int] = set()  # blocks whose input the host streams
+
+    def copy(self) -> Scheduler:
+        """An independent scheduler in this one's state (steps are shared: none is changed once made)."""
+        other = copy.copy(self)
+        other.holdings = {d: {t: list(rows) for t, rows in held.items()} for d, held in self.holdings.items()}
+        other.owners, other.traffic, other.producer = dict(self.owners), dict(self.traffic), dict(self.producer)
+        other.steps = {d: list(steps) for d, steps in self.steps.items()}
+        other.then = {run: list(sends) for run, sends in self.then.items()}
+        other.streamed = set(self.streamed)
+        return other
 
     def _message(self, block: int, sender: str, receiver: str, tensor: str, rows: Rows,
                  sends: dict[str, list[Step]], recvs: dict[str, list[Step]],

@@ -20,6 +20,7 @@ from halpc.planner.context import Context
 
 Layout = Callable[[int, int], BlockPlan | None]  # (start, stop) -> that block laid out; None: not offered
 EXHAUSTIVE_LIMIT = 300_000  # plans: (layouts + 1) ** cut points
+FLOOR_SLACK_S = 1e-9  # `Context.cost_floor` sums in another order than the timeline: rounding
 MAX_BLOCK_CUTS = 6  # a block spans at most this many cut points: deeper ones redo too much halo (and cost planning time)
 
 
@@ -39,22 +40,20 @@ def best_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPlan], f
     """
     positions = ctx.positions
     end = positions[-1]
-    options = range(len(layouts))
     table: dict[tuple[int, int, int], tuple[float, tuple[int, int, int] | None]] = {}
     for stop in positions[1 : MAX_BLOCK_CUTS + 2]:
-        for o in options:
-            if (block := layouts[o](0, stop)) is not None:
-                table[(0, stop, o)] = (ctx.block_cost(None, block), None)
+        for o, block in _offered(layouts, 0, stop):
+            table[(0, stop, o)] = (ctx.block_cost(None, block), None)
     for i, start in enumerate(positions[1:-1], start=1):
-        entering = [k for k in table if k[1] == start]
+        entering = sorted((k for k in table if k[1] == start), key=lambda k: table[k][0])
         for stop in positions[i + 1 : i + MAX_BLOCK_CUTS + 2]:
-            for o in options:
-                block = layouts[o](start, stop)
-                if block is None:
-                    continue
+            for o, block in _offered(layouts, start, stop):
                 best = None
                 for prev in entering:
-                    cost = table[prev][0] + ctx.block_cost(_block(layouts, *prev), block)
+                    before = _block(layouts, *prev)
+                    if best is not None and table[prev][0] + ctx.cost_floor(before, block) > best[0] + FLOOR_SLACK_S:
+                        continue  # cannot beat the best entry found: not played
+                    cost = table[prev][0] + ctx.block_cost(before, block)
                     if best is None or cost < best[0]:
                         best = (cost, prev)
                 if best is not None:
@@ -83,14 +82,23 @@ def exhaustive_blocks(ctx: Context, layouts: list[Layout]) -> tuple[list[BlockPl
             spans = list(zip(bounds, bounds[1:]))
             if any(_cuts_spanned(ctx, a, b) > MAX_BLOCK_CUTS for a, b in spans):
                 continue
-            offered = [[block for o in range(len(layouts)) if (block := layouts[o](a, b)) is not None]
-                       for a, b in spans]
+            offered = [[block for _, block in _offered(layouts, a, b)] for a, b in spans]
             for chosen_blocks in itertools.product(*offered):
                 cost = plan_cost(ctx, list(chosen_blocks))
                 if best is None or cost < best[0]:
                     best = (cost, list(chosen_blocks))
     assert best is not None
     return best[1], best[0]
+
+
+def _offered(layouts: list[Layout], start: int, stop: int) -> list[tuple[int, BlockPlan]]:
+    """The layouts of a block that are offered and not the same as an earlier one's (a layout
+    over one helper is halp's own on a cluster of two)."""
+    offered: dict[BlockPlan, int] = {}
+    for o, layout in enumerate(layouts):
+        if (block := layout(start, stop)) is not None and block not in offered:
+            offered[block] = o
+    return [(o, block) for block, o in offered.items()]
 
 
 def _cuts_spanned(ctx: Context, start: int, stop: int) -> int:

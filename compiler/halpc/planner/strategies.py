@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from functools import lru_cache
 
 from halpc.analyse.strips import block_io
 from halpc.analyse.trunk import Trunk
@@ -90,17 +89,26 @@ def make_plan(ctx: Context, strategy: str) -> Plan:
 def _dp(ctx: Context, strategy: str) -> tuple[list[BlockPlan], float, float, dict[str, str]]:
     """The DP's blocks on `ctx`'s devices, refined by the full timeline (`search.refine`), its
     objective, the predicted latency (ms; infinite when the plan gives a device more memory
-    than it has) and why each such device is over."""
+    than it has) and why each such device is over.
+
+    The DP's objective adds blocks pairwise and misses overlap across blocks, so one layout
+    more can lead it to a plan whose full timeline is slower: halp's DP runs again without its
+    narrowed blocks (`layouts.one_helper`, the last choice; the pairs are costed already) and
+    the faster timeline is kept."""
     choices = layout_choices(ctx, strategy)
-    blocks, objective = best_blocks(ctx, choices)
-    plan = _plan(ctx, strategy, blocks)
-    over = over_memory(ctx, plan)
-    latency_ms = _latency_ms(ctx, blocks, plan, over)
-    refined, refined_ms = refine(blocks, latency_ms, choices, lambda b: _latency_ms(ctx, b))
-    if refined_ms < latency_ms:
-        blocks, objective, latency_ms = refined, plan_cost(ctx, refined), refined_ms
-        over = over_memory(ctx, _plan(ctx, strategy, blocks))
-    return blocks, objective, latency_ms, over
+    best = None
+    for offered in (choices, choices[:-1]) if strategy == "halp" else (choices,):
+        blocks, objective = best_blocks(ctx, offered)
+        plan = _plan(ctx, strategy, blocks)
+        over = over_memory(ctx, plan)
+        latency_ms = _latency_ms(ctx, blocks, plan, over)
+        refined, refined_ms = refine(blocks, latency_ms, offered, lambda b: _latency_ms(ctx, b))
+        if refined_ms < latency_ms:
+            blocks, objective, latency_ms = refined, plan_cost(ctx, refined), refined_ms
+            over = over_memory(ctx, _plan(ctx, strategy, blocks))
+        if best is None or latency_ms < best[2]:
+            best = blocks, objective, latency_ms, over
+    return best
 
 
 def _latency_ms(ctx: Context, blocks, plan: Plan | None = None, over: dict | None = None) -> float:
@@ -121,18 +129,21 @@ def layout_choices(ctx: Context, strategy: str) -> list[Layout]:
     """Per block, dpfp chooses balanced contiguous strips or the host alone (so it is never
     worse than local); halp may also choose host-assisted strips, and for the first block the
     streamed ones (so it is never worse than dpfp). All under the cost model, each layout made
-    exact on the target before it is costed."""
+    exact on the target before it is costed. halp's later blocks may also be laid out over the
+    host and one helper (`layouts.one_helper`)."""
     choosers = [layouts.host_only, layouts.contiguous]
     if strategy == "halp":
-        choosers += [layouts.boundary_first, layouts.streamed]
+        choosers += [layouts.boundary_first, layouts.streamed, layouts.one_helper]  # one_helper last: see _dp
 
     def choice(chooser) -> Layout:
         stream = chooser is layouts.streamed
 
-        @lru_cache(maxsize=None)
         def block(a: int, b: int) -> BlockPlan | None:
-            strips = chooser(ctx, a, b)
-            return None if strips is None else BlockPlan(a, b, ctx.legal.strips(a, b, strips), stream)
+            key = (chooser, a, b)  # on the context: dpfp and halp, planned on it, share them
+            if key not in ctx.laid_out:
+                strips = chooser(ctx, a, b)
+                ctx.laid_out[key] = None if strips is None else BlockPlan(a, b, ctx.legal.strips(a, b, strips), stream)
+            return ctx.laid_out[key]
         return block
 
     return [choice(f) for f in choosers]
