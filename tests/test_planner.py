@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +15,8 @@ from halpc.inputs.cluster import parse_cluster
 from halpc.planner.schedule import build_schedule
 from halpc.planner.strategies import layout_choices, compare, make_plan
 from halpc.planner.context import context
-from halpc.planner.predict import predict
+from halpc.planner.predict import predict, predict_bundle
+from halpc.compile import compile_bundle
 from halpc.planner.cost import play as simulate
 from halpc.planner.search import EXHAUSTIVE_LIMIT, best_blocks, exhaustive_blocks
 
@@ -189,6 +191,38 @@ def test_profiled_overheads_enter_the_prediction(tmp_path) -> None:
         extra = sum(1e-3 + s.get("weights", 0) / 1e9 for s in mine)
         assert slow.busy(device) - base.busy(device) == pytest.approx(extra, rel=1e-9)
     assert slow.latency_s > base.latency_s
+
+
+def test_a_profile_of_the_same_model_charges_each_layers_fixed_cost_per_run(tmp_path) -> None:
+    """A profile timed layer by layer on this very model: every run pays the fixed ms of the
+    layers of its block (less the run overhead each single-layer timing held); the bundle's
+    manifest predicts the same; a profile of another model charges nothing per layer."""
+    import models
+
+    path = save(models.build("vgg16", 32, 32), tmp_path)
+    trunk = trunk_of(path)
+    fixed_ms = {f"layer{p}": {"position": p, "fixed_ms": 0.25 + 0.01 * p} for p in range(0, len(trunk.layers), 2)}
+
+    def profiled(sha: str) -> Path:
+        profile = tmp_path / f"{sha[:6]}.json"
+        profile.write_text(json.dumps({"schema": "halpc-profile/1", "gmacs": 8.0, "per_run_overhead_ms": 0.05,
+                                       "model": {"sha256": sha}, "layers": fixed_ms}))
+        return profile
+
+    plain = context(trunk, _two_devices(tmp_path, profiled("0" * 64)))
+    costed = context(trunk, _two_devices(tmp_path, profiled(trunk.model.sha256)))
+    assert not plain.layer_fixed and set(costed.layer_fixed) == {"host", "dev-1"}
+    plan = make_plan(plain, "even")
+    base, slow = predict(plain, plan), predict(costed, plan)
+    per_layer = {v["position"]: v["fixed_ms"] / 1e3 - 0.05e-3 for v in fixed_ms.values()}
+    for device, program in build_schedule(trunk, plan, ["host", "dev-1"], "host").programs.items():
+        runs = [s for s in program if s["op"] == "run"]
+        extra = sum(per_layer.get(p, 0.0) for s in runs for p in range(*s["layers"]))
+        assert extra > 0 and slow.busy(device) - base.busy(device) == pytest.approx(extra, rel=1e-9)
+    out = tmp_path / "bundle"
+    compile_bundle(path, _two_devices(tmp_path, profiled(trunk.model.sha256)), out, "even")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert predict_bundle(manifest).latency_s == pytest.approx(slow.latency_s, rel=1e-9)
 
 
 def _two_devices(folder, profile):

@@ -322,10 +322,16 @@ def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
             name: {"gmacs": costs.speeds[name], "run_overhead_ms": costs.overheads.get(name, 0.0) * 1e3,
                    "weight_gbps": costs.weight_rates.get(name),
                    "message_overhead_ms": costs.message_seconds(name) * 1e3,
-                   **({"int8_gmacs": costs.int8_speeds[name]} if name in costs.int8_speeds else {})}
+                   **({"int8_gmacs": costs.int8_speeds[name]} if name in costs.int8_speeds else {}),
+                   **({"layer_fixed_ms": _per_layer_ms(costs.layer_fixed[name])} if name in costs.layer_fixed else {})}
             for name in cluster.names
         },
     }
+
+
+def _per_layer_ms(prefix: tuple[float, ...]) -> list[float]:
+    """Each layer's fixed ms from the cost model's prefix sums (`cost.fixed_prefix`)."""
+    return [(b - a) * 1e3 for a, b in zip(prefix, prefix[1:])]
 
 
 def _graph_io(trunk: Trunk) -> dict[str, tuple[tuple[int, ...], str]]:

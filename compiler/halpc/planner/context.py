@@ -13,7 +13,7 @@ from halpc.analyse.trunk import Trunk
 from halpc.inputs.cluster import Cluster
 from halpc.inputs.profile_file import load_profile
 from halpc.inputs.target import TARGETS, Target, cluster_target
-from halpc.planner.cost import cluster_transfer, play, step_seconds
+from halpc.planner.cost import cluster_transfer, fixed_prefix, play, step_seconds
 from halpc.planner.legal import Legal
 from halpc.planner.plan import BlockPlan, Strip
 from halpc.planner.schedule import Scheduler, StripJob, block_jobs
@@ -29,6 +29,8 @@ class DeviceCosts:
     message_overhead_s: float = 0.0  # per message sent or taken in
     int8_gmacs: float | None = None  # integer convolutions (quantized models); None: gmacs
     memory_mb: float | None = None  # what its part may take; None: no limit
+    layer_fixed_ms: dict[int, float] = field(default_factory=dict)  # by layer position, as profiled
+    profiled_model: str | None = None  # sha256 of the model the profile timed layer by layer
 
 
 def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
@@ -46,8 +48,16 @@ def device_costs(cluster: Cluster) -> dict[str, DeviceCosts]:
         costs[d.name] = DeviceCosts(gmacs, figure("per_run_overhead_ms", 1e-3) or 0.0, figure("weight_gbps"),
                                     figure("per_message_overhead_ms", 1e-3) or 0.0,
                                     d.int8_gmacs if d.int8_gmacs is not None else figure("int8_gmacs"),
-                                    d.memory_mb if d.memory_mb is not None else figure("memory_total_mb"))
+                                    d.memory_mb if d.memory_mb is not None else figure("memory_total_mb"),
+                                    _layer_fixed_ms(profile), (profile.get("model") or {}).get("sha256"))
     return costs
+
+
+def _layer_fixed_ms(profile: dict) -> dict[int, float]:
+    """The profile's per-layer fixed ms by trunk position (layers it could not fit: none)."""
+    layers = profile.get("layers", {})
+    return {int(v["position"]): float(v["fixed_ms"]) for v in layers.values()
+            if isinstance(v, dict) and isinstance(v.get("position"), int) and isinstance(v.get("fixed_ms"), (int, float))}
 
 
 def device_speeds(cluster: Cluster) -> dict[str, float]:
@@ -60,13 +70,16 @@ def context(trunk: Trunk, cluster: Cluster, target: Target | None = None) -> Con
     of a message, which dominate when a plan has many thin strips. Strips are planned for
     `target` (default: the cluster's, see `inputs.target.cluster_target`)."""
     costs = device_costs(cluster)
+    layers = len(trunk.layers)
     return Context(trunk, cluster, {d: c.gmacs for d, c in costs.items()},
                    {d: c.run_overhead_s for d, c in costs.items() if c.run_overhead_s},
                    {d: c.weight_gbps for d, c in costs.items() if c.weight_gbps is not None},
                    {d: c.message_overhead_s for d, c in costs.items() if c.message_overhead_s},
                    target=target or cluster_target(cluster),
                    int8_speeds={d: c.int8_gmacs for d, c in costs.items() if c.int8_gmacs is not None},
-                   memory_mb={d: c.memory_mb for d, c in costs.items() if c.memory_mb is not None})
+                   memory_mb={d: c.memory_mb for d, c in costs.items() if c.memory_mb is not None},
+                   layer_fixed={d: fixed_prefix(c.layer_fixed_ms, layers, c.run_overhead_s) for d, c in costs.items()
+                                if c.layer_fixed_ms and c.profiled_model == trunk.model.sha256})
 
 
 @dataclass
@@ -82,6 +95,9 @@ class Context:
     target: Target = TARGETS["x86_64"]  # what the strips must stay exact on
     int8_speeds: dict[str, float] = field(default_factory=dict)  # GMAC/s of integer convolutions
     memory_mb: dict[str, float] = field(default_factory=dict)  # what each device's part may take
+    # seconds of the layers' own fixed costs before each trunk position (`cost.fixed_prefix`),
+    # for devices profiled on this very model
+    layer_fixed: dict[str, tuple[float, ...]] = field(default_factory=dict)
     _jobs: dict = field(default_factory=dict)
     _costs: dict = field(default_factory=dict)
     _alone: dict = field(default_factory=dict)  # makespan of a block on its own, its scheduler
@@ -108,7 +124,7 @@ class Context:
 
         sub = Context(self.trunk, self.cluster.without(device), rest(self.speeds), rest(self.overheads),
                       rest(self.weight_rates), rest(self.message_overheads), self.target, rest(self.int8_speeds),
-                      rest(self.memory_mb), _jobs=self._jobs, _subs=self._subs, memo=self.memo)
+                      rest(self.memory_mb), rest(self.layer_fixed), _jobs=self._jobs, _subs=self._subs, memo=self.memo)
         sub.legal = self.legal
         self._subs[names] = sub
         return sub
@@ -140,7 +156,7 @@ class Context:
 
     def compute_seconds(self, device: str, step: dict) -> float:
         return step_seconds(step, self.speeds[device], self.overheads.get(device, 0.0),
-                            self.weight_rates.get(device), self.int8_speeds.get(device))
+                            self.weight_rates.get(device), self.int8_speeds.get(device), self.layer_fixed.get(device))
 
     def block_cost(self, prev: BlockPlan | None, block: BlockPlan, gather: bool = False) -> float:
         """Seconds `block` adds to the timeline after `prev`, all devices starting `prev` together.
@@ -175,7 +191,7 @@ class Context:
         if block not in self._compute:
             work: dict[str, float] = {}
             for job in self.jobs(block.start, block.stop, block.strips):
-                step = {"macs": job.macs, "int8_macs": job.int8_macs,
+                step = {"macs": job.macs, "int8_macs": job.int8_macs, "layers": [block.start, block.stop],
                         "weights": 0 if job.device in work else job.weights}
                 work[job.device] = work.get(job.device, 0.0) + self.compute_seconds(job.device, step)
             self._compute[block] = work

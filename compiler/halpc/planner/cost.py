@@ -5,6 +5,8 @@ prediction is of exactly what will execute. The model:
 
 - a `run` step takes the strip's multiply-accumulates divided by the device's GMAC/s, plus the
   fixed cost of a run and the time to read its weights, where the device's profile gives them;
+  where the profile was measured on the same model, also each of the block's layers' own fixed
+  cost per run (the intercept of its time against its rows: a thin strip pays it again);
 - a `send` leaves at once (the device goes on with its program) but occupies the sender's link:
   one device's sends go out one after the other, each taking bytes / bandwidth, and arrive one
   link latency after they are sent;
@@ -51,16 +53,30 @@ class Prediction:
 
 
 def step_seconds(step: Step, gmacs: float, overhead_s: float = 0.0, weight_gbps: float | None = None,
-                 int8_gmacs: float | None = None) -> float:
+                 int8_gmacs: float | None = None, layer_fixed: tuple[float, ...] | None = None) -> float:
     """A run's time on a device: its MACs at the device's speed (those of integer convolutions at
     its int8 speed, where known), the fixed cost of a run, and, where the device's profile
     measured it, reading the strip's weights from memory (what dominates a thin strip of a layer
-    with large weights)."""
+    with large weights) and the fixed costs of the layers the run computes (`layer_fixed`: see
+    `fixed_prefix`; the step's `layers` are the block's positions [start, stop))."""
     integer = step.get("int8_macs", 0)
     seconds = (step["macs"] - integer) / (gmacs * 1e9) + integer / ((int8_gmacs or gmacs) * 1e9) + overhead_s
     if weight_gbps:
         seconds += step.get("weights", 0) / (weight_gbps * 1e9)
+    if layer_fixed and "layers" in step:
+        start, stop = step["layers"]
+        seconds += layer_fixed[stop] - layer_fixed[start]
     return seconds
+
+
+def fixed_prefix(fixed_ms: Mapping[int, float], layers: int, overhead_s: float = 0.0) -> tuple[float, ...]:
+    """Seconds of fixed cost of the trunk's layers before each position (len `layers` + 1), from
+    a profile's per-layer fixed ms by position. Each layer was timed as a model of its own, so
+    its fixed cost holds one run's overhead, which a block pays once (`overhead_s`): less that."""
+    prefix = [0.0]
+    for position in range(layers):
+        prefix.append(prefix[-1] + max(0.0, fixed_ms.get(position, 0.0) / 1e3 - overhead_s))
+    return tuple(prefix)
 
 
 def message_bytes(tensors: dict[str, dict[str, Any]], tensor: str, rows: list[int]) -> int:

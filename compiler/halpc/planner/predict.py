@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 from halpc.inputs.cluster import Cluster
 from halpc.planner.context import Context
-from halpc.planner.cost import Prediction, cluster_transfer, play, step_seconds
+from halpc.planner.cost import Prediction, cluster_transfer, fixed_prefix, play, step_seconds
 from halpc.planner.plan import Plan
 from halpc.planner.schedule import build_schedule
 
@@ -32,10 +32,13 @@ def predict_bundle(manifest: dict, rates: Mapping[str, float] | None = None,
     cluster file's bandwidths where given."""
     cluster = cluster or bundle_cluster(manifest)
     cost = manifest["cost"]
+    fixed = {d: fixed_prefix(dict(enumerate(c["layer_fixed_ms"])), len(c["layer_fixed_ms"]))
+             for d, c in cost.items() if c.get("layer_fixed_ms")}
 
     def compute_seconds(device: str, step: dict) -> float:
         c = cost[device]
-        return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"), c.get("int8_gmacs"))
+        return step_seconds(step, c["gmacs"], c["run_overhead_ms"] / 1e3, c.get("weight_gbps"), c.get("int8_gmacs"),
+                            fixed.get(device))
 
     return play(manifest["programs"], cluster.host.name, compute_seconds,
                     cluster_transfer(cluster, rates), manifest["tensors"],

@@ -166,6 +166,7 @@ class Scheduler:
                 "op": "run",
                 "block": k,
                 "model": job.file,
+                "layers": [job.io.start, job.io.stop],  # what the cost model charges per layer
                 "macs": job.macs,
                 **({"int8_macs": job.int8_macs} if job.int8_macs else {}),
                 # A device reads a block's weights once: its other strips of the block find them

@@ -86,7 +86,8 @@ def _look(ctx: Context) -> tuple:
 
     def device(d) -> tuple:
         costs = tuple(values.get(d.name) for values in (ctx.speeds, ctx.int8_speeds, ctx.overheads,
-                                                            ctx.weight_rates, ctx.message_overheads, ctx.memory_mb))
+                                                            ctx.weight_rates, ctx.message_overheads, ctx.memory_mb,
+                                                            ctx.layer_fixed))
         others = sorted(link(d.name, o.name) for o in cluster.secondaries if o.name != d.name)
         return (d.host, costs, d.threads, d.arch, None if d.host else link(host, d.name), tuple(others))
 
