@@ -18,6 +18,7 @@ from halpc.compile import compile_bundle
 from halpc.host.verify import verify
 from halpc.planner import layouts
 from halpc.planner.context import Context, context
+from halpc.planner.plan import BlockPlan
 from halpc.planner.search import best_blocks
 from halpc.planner.strategies import layout_choices, make_plan
 from planning import random_plan
@@ -71,7 +72,7 @@ def test_the_cost_floor_is_below_every_cost_it_stands_for(tmp_path) -> None:
         trunk = trunk_of(path)
         ctx = context(trunk, local_cluster(3, bandwidth_mbps=(10, 100)[seed % 2], gmacs=0.5))
         plan = random_plan(trunk, list(ctx.cluster.names), seed)
-        blocks = [b.__class__(b.start, b.stop, ctx.legal.strips(b.start, b.stop, b.strips)) for b in plan.blocks]
+        blocks = [BlockPlan(b.start, b.stop, ctx.legal.strips(b.start, b.stop, b.strips)) for b in plan.blocks]
         for prev, block in zip(blocks, blocks[1:]):
             floor, cost = ctx.cost_floor(prev, block), ctx.block_cost(prev, block)
             assert floor <= cost + 1e-9, (seed, prev, block)
