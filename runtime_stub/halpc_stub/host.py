@@ -6,12 +6,15 @@ one task's transfers overlap another's compute. Before the first task the host p
 device: one that runs another plan, ONNX Runtime build or target is an error that names it; one
 that does not answer is left out for now (see Start below).
 
-Faults: a task waits for a device's rows at most FAULT_FACTOR times its expected time (the
-plan's predicted latency, or the recent measured one when slower) plus FAULT_MARGIN_S, counted
-from when it last progressed or came to the front of the stream. Past that the host gives the
-task up (a `cancel` to its devices; rows that come later are dropped by task id), marks the
-device down, and recomputes the task with the unsplit model, from the inputs it holds: the
-output is the unsplit model's, bit for bit. The device waited for may itself be waiting for
+Faults: a task waits for a device's rows FAULT_FACTOR times its expected time (the plan's
+predicted latency, or the recent measured one when slower) plus FAULT_MARGIN_S, counted from
+when it last progressed or came to the front of the stream. Then the host pings the task's
+devices: a pause of the whole machine (a VM's stolen time) or of one process silences a live
+device too, and such a device answers once it runs again. If each answers within PROBE_FACTOR
+times the expected time plus PROBE_MARGIN_S, the task waits once more as long; else, or when the
+second wait runs out, the host gives the task up (a `cancel` to its devices; rows that come
+later are dropped by task id), marks the device down, and recomputes the task with the unsplit
+model, from the inputs it holds: the output is the unsplit model's, bit for bit. The device waited for may itself be waiting for
 another's rows, so every device of the task is marked down and pinged; those alive answer at
 once. Every task in flight that uses a device marked down is recomputed likewise, and the next ones run the same variant's fastest plan without down
 devices, or the unsplit model. A device marked down is pinged every REPING_S and is back in use
@@ -45,16 +48,17 @@ import numpy as np
 from halpc_stub import clock, keys, wire
 from halpc_stub.executor import host_store
 from halpc_stub.manifest import load_manifest
-from halpc_stub.host_node import Fault, HostNode, RunError, TaskResult, event_dict, join_sends
-from halpc_stub.node import PlanPart, Task, remember
+from halpc_stub.host_node import Fault, HostNode, RunError, TaskResult, event_dict
+from halpc_stub.node import PlanPart, Task, TaskKey, remember
 from halpc_stub.session import bundle_nchwc, load_sessions, make_session, target_mismatch, this_target
 
 log = logging.getLogger("halpc_stub")
 
 
-MIN_PROBE_GAP_S = 0.0005  # 64 kB in less would be a link faster than 1 Gbit/s
-FAULT_FACTOR = 1.5  # see the module: with the margin, a fault is noticed in under 2x the
-FAULT_MARGIN_S = 0.05  # predicted time + 100 ms (the host looks every 10 ms)
+# See the module. Silence and answer together: a fault is noticed in under 2x the predicted
+# time + 100 ms (the host looks every 10 ms).
+FAULT_FACTOR, FAULT_MARGIN_S = 1.5, 0.05  # silence before the host pings a task's devices
+PROBE_FACTOR, PROBE_MARGIN_S = 0.3, 0.03  # how long they have to answer
 REPING_S = 0.5
 START_S = 2.0  # a stub that is up answers a ping in milliseconds; one loading its models, in seconds
 RECENT = 16  # measured task times per plan kept for the expected time
@@ -85,13 +89,14 @@ class HostSession:
         self.offsets: dict[str, float] = {}  # device clock minus host clock
         self.connected = False
         self.next_task = 0
-        self.next_probe = 0
         self.down: dict[str, float] = {}  # device -> when it was marked down
         self.faults: list[Fault] = []
         self._pinged: dict[str, float] = {}
         self._wrong_plan: set[str] = set()  # devices down that answered with another plan (said once)
         self._times: dict[str, deque[float]] = {}  # plan id -> recent task times, front to done
         self._unsplit: dict[Path, Any] = {}  # reference model -> its session, opened at a first fault
+        self._probe: tuple[TaskKey, float, float | None] | None = None  # the front task silent past
+        # its first wait: (its key, when its devices were pinged, when the last of them answered)
 
     def __enter__(self) -> HostSession:
         return self
@@ -261,9 +266,17 @@ class HostSession:
         return max(((predicted or 0.0) + (data.get("wait_ms") or 0.0)) / 1000,
                    recent[len(recent) // 2] if recent else 0.0)
 
-    def bound_s(self, plan: PlanPart) -> float:
-        """How long a task of `plan` may wait for a device before the host gives up on it."""
+    def silent_s(self, plan: PlanPart) -> float:
+        """How long a task of `plan` waits for a device before the host asks if it is alive."""
         return FAULT_FACTOR * self.expected_s(plan) + FAULT_MARGIN_S
+
+    def answer_s(self, plan: PlanPart) -> float:
+        """How long the devices of a silent task of `plan` have to answer a ping."""
+        return PROBE_FACTOR * self.expected_s(plan) + PROBE_MARGIN_S
+
+    def bound_s(self, plan: PlanPart) -> float:
+        """How long a task of `plan` may wait for a dead device before the host gives up on it."""
+        return self.silent_s(plan) + self.answer_s(plan)
 
     def _start(self, number: int, chosen: PlanPart, arrays: dict[str, np.ndarray]) -> Task | TaskResult:
         """Start a task under `chosen`; if a device of it is down, under the same variant's
@@ -296,11 +309,11 @@ class HostSession:
         front = active[0] if active else None
         if not isinstance(front, Task) or front.runnable:
             return  # not waiting, or its rows came: the next advance() takes them
-        step = front.waiting
-        waited, bound = now - max(front.progressed, front_since), self.bound_s(front.plan)
-        if waited <= bound:
+        since = max(front.progressed, front_since)
+        if now - since <= self.silent_s(front.plan) or self._alive(front, since, now):
             return
-        device = step["from"]
+        step, device = front.waiting, front.waiting["from"]
+        waited, bound = now - since, self.bound_s(front.plan)
         self.faults.append(Fault(front.key[1], device, now, waited, bound, self.expected_s(front.plan)))
         reason = (f"no {step['tensor']} rows {step['rows'][0]}..{step['rows'][1]} from {device} "
                   f"for {waited * 1000:.0f} ms (bound {bound * 1000:.0f} ms)")
@@ -316,6 +329,27 @@ class HostSession:
             if isinstance(task, Task) and suspects & self.devices_of(task.plan):
                 active[i] = self._give_up(task, held[task.key[1]], reason)
         self._readmit(now)
+
+    def _alive(self, task: Task, since: float, now: float) -> bool:
+        """Whether `task`, silent past its first wait, may wait on: its devices are pinged, and
+        while they may still answer, or once every one has, it waits again as long (once)."""
+        probe = self._probe
+        if probe is None or probe[0] != task.key or probe[1] < since:  # progress since: a new silence
+            self._probe = (task.key, now, None)
+            log.info("task %d: no rows for %.0f ms: pinging its devices", task.key[1], (now - since) * 1e3)
+            for device in self.devices_of(task.plan):
+                self._ping(device, now)
+            return True
+        key, pinged, answered = probe
+        if answered is None:
+            times = [self.node.pongs.get(d, {}).get("received", -math.inf) for d in self.devices_of(task.plan)]
+            if min(times) >= pinged:
+                self._probe = (key, pinged, max(times))
+                log.info("task %d: no rows for %.0f ms, but its devices answer: waiting on", key[1],
+                         (now - since) * 1e3)
+                return True
+            return now - pinged <= self.answer_s(task.plan)
+        return now - answered <= self.silent_s(task.plan)
 
     def _give_up(self, task: Task, arrays: dict[str, np.ndarray], reason: str) -> TaskResult:
         node = self.node
@@ -371,26 +405,12 @@ class HostSession:
                 self._pinged[device] = now
                 self._ping(device, now)
 
-    def probe(self, device: str, nbytes: int = 64 * 1024, lead: int = 48 * 1024) -> None:
-        """Measure `device`'s link: a `lead` message, then `nbytes` right behind it. The answer
-        lands in `probed` (see `take_probes`). Together they stay under what a slow link's
-        router buffers (~150 kB at 10 Mbit/s); more would be dropped and retransmitted."""
-        seq, self.next_probe = self.next_probe, self.next_probe + 1
-        for part, size in ((0, lead), (1, nbytes)):
-            header = wire.encode({"kind": "probe", "from": self.node.name, "session": self.node.session_id,
-                                  "seq": seq, "part": part})
-            self.node.send(device, header, np.zeros(size, np.uint8))
+    def probe(self, device: str) -> None:
+        """Measure `device`'s link; the answer comes from `take_probes` (see `HostNode.probe`)."""
+        self.node.probe(device)
 
     def take_probes(self) -> list[tuple[str, float]]:
-        """(device, Mbit/s) of every probe answered since the last call; NaN where the answer
-        says nothing about the link: the device found more waiting when it read the first part
-        (it answers gap 0), or a gap under MIN_PROBE_GAP_S (it read both parts in one go: it was
-        busy when they came)."""
-        self.node.receive(timeout_ms=0)
-        found = [(device, size * 8 / gap / 1e6 if gap >= MIN_PROBE_GAP_S else math.nan)
-                 for device, size, gap in self.node.probed]
-        self.node.probed.clear()
-        return found
+        return self.node.take_probes()
 
     def _host_events(self, task: Task) -> list[dict[str, Any]]:
         return [event_dict(self.node.name, e) for e in task.events]
@@ -399,25 +419,8 @@ class HostSession:
         """Merge the devices' timelines into every result whose devices have all sent theirs
         (waiting up to `timeout_s` for them); the results still waiting."""
         node = self.node
-        deadline = clock.now() + timeout_s
-        waiting = []
-        for result in results:
-            devices = [] if result.unsplit else sorted(self.devices_of(node.plan_by_id(result.plan)))
-            while not all((result.task, d) in node.timelines for d in devices) and clock.now() < deadline:
-                node.receive(timeout_ms=20)
-            if not all((result.task, d) in node.timelines for d in devices) and timeout_s == 0:
-                waiting.append(result)
-                continue
-            events = list(result.events)
-            for device in devices:
-                offset = self.offsets.get(device, 0.0)
-                for raw in node.timelines.pop((result.task, device), []):
-                    if (isinstance(raw, list) and len(raw) == 6 and isinstance(raw[0], str)
-                            and isinstance(raw[3], str) and (raw[4] is None or isinstance(raw[4], str))
-                            and all(isinstance(v, (int, float)) for v in (raw[1], raw[2], raw[5]))):
-                        events.append(event_dict(device, [raw[0], raw[1] - offset, raw[2] - offset, *raw[3:]]))
-            result.events = join_sends(events)
-        return waiting
+        return node.merge_timelines(results, lambda r: [] if r.unsplit else sorted(
+            self.devices_of(node.plan_by_id(r.plan))), self.offsets, timeout_s)
 
 
 __all__ = ["Fault", "HostSession", "RunError", "TaskResult"]

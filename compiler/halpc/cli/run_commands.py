@@ -69,7 +69,7 @@ def verify(bundles: tuple[str, ...], input_file: str | None, seeds: int, emulate
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for the stubs --spawn starts, or with --require-all for every device "
                    "(without it, a device silent after ~2 s is left out until it answers; a task waits "
-                   "for rows only about 1.5x its predicted time before the host recomputes it).")
+                   "for rows from a dead device under 2x its predicted time before the host recomputes it).")
 @click.option("--require-all", is_flag=True,
               help="Refuse to start unless every device answers within --timeout (default: start "
                    "without the silent ones and take them in when they answer).")
