@@ -11,12 +11,13 @@ predicted latency, or the recent measured one when slower) plus FAULT_MARGIN_S, 
 when it last progressed or came to the front of the stream. Then the host pings the task's
 devices: a pause of the whole machine (a VM's stolen time) or of one process silences a live
 device too, and such a device answers once it runs again. If each answers within PROBE_FACTOR
-times the expected time plus PROBE_MARGIN_S, the task waits once more as long; else, or when the
-second wait runs out, the host gives the task up (a `cancel` to its devices; rows that come
+times the expected time plus PROBE_MARGIN_S, the task waits once more as long; else, or when
+that wait runs out too, the host gives the task up (a `cancel` to its devices; rows that come
 later are dropped by task id), marks the device down, and recomputes the task with the unsplit
-model, from the inputs it holds: the output is the unsplit model's, bit for bit. The device waited for may itself be waiting for
-another's rows, so every device of the task is marked down and pinged; those alive answer at
-once. Every task in flight that uses a device marked down is recomputed likewise, and the next ones run the same variant's fastest plan without down
+model, from the inputs it holds: the output is the unsplit model's, bit for bit. The device
+waited for may itself be waiting for another's rows, so every device of the task is marked down
+and pinged; those alive answer at once. Every task in flight that uses a device marked down is
+recomputed likewise, and the next ones run the same variant's fastest plan without down
 devices, or the unsplit model. A device marked down is pinged every REPING_S and is back in use
 once it answers with the bundle's plan.
 
@@ -95,8 +96,9 @@ class HostSession:
         self._wrong_plan: set[str] = set()  # devices down that answered with another plan (said once)
         self._times: dict[str, deque[float]] = {}  # plan id -> recent task times, front to done
         self._unsplit: dict[Path, Any] = {}  # reference model -> its session, opened at a first fault
-        self._probe: tuple[TaskKey, float, float | None] | None = None  # the front task silent past
-        # its first wait: (its key, when its devices were pinged, when the last of them answered)
+        # The front task silent past its first wait: (its key, when its devices were pinged,
+        # when the last of them answered).
+        self._silence: tuple[TaskKey, float, float | None] | None = None
 
     def __enter__(self) -> HostSession:
         return self
@@ -331,20 +333,20 @@ class HostSession:
         self._readmit(now)
 
     def _alive(self, task: Task, since: float, now: float) -> bool:
-        """Whether `task`, silent past its first wait, may wait on: its devices are pinged, and
-        while they may still answer, or once every one has, it waits again as long (once)."""
-        probe = self._probe
-        if probe is None or probe[0] != task.key or probe[1] < since:  # progress since: a new silence
-            self._probe = (task.key, now, None)
+        """Whether `task`, silent past its first wait, may wait on: its devices are pinged; it
+        waits while they may still answer, and once every one has, as long again."""
+        silence = self._silence
+        if silence is None or silence[0] != task.key or silence[1] < since:  # progress since: a new silence
+            self._silence = (task.key, now, None)
             log.info("task %d: no rows for %.0f ms: pinging its devices", task.key[1], (now - since) * 1e3)
             for device in self.devices_of(task.plan):
                 self._ping(device, now)
             return True
-        key, pinged, answered = probe
+        key, pinged, answered = silence
         if answered is None:
             times = [self.node.pongs.get(d, {}).get("received", -math.inf) for d in self.devices_of(task.plan)]
             if min(times) >= pinged:
-                self._probe = (key, pinged, max(times))
+                self._silence = (key, pinged, max(times))
                 log.info("task %d: no rows for %.0f ms, but its devices answer: waiting on", key[1],
                          (now - since) * 1e3)
                 return True
