@@ -168,10 +168,20 @@ def test_bundles_for_aarch64_are_bit_exact_on_arm64(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_real_arm64_stub_is_refused_by_an_x86_host_for_an_x86_bundle(vgg: Path, tmp_path: Path) -> None:
     """The stub runs in the emulated ARM64 root and answers over a real socket; the host, whose
-    bundle was compiled for x86_64 (NCHWc), refuses it by what its pong says."""
+    bundle was compiled for x86_64 (plain strips, no NCHWc), refuses it by what its pong says.
+    A bundle whose strips are ORT's NCHWc graphs it cannot run at all, --allow-inexact or not."""
     emulated()
+    nchwc = tmp_path / "nchwc"
+    compile_bundle(vgg, local_cluster(2, ports=free_ports(2)), nchwc, "even", insecure=True)
+    assert load_manifest(nchwc).data["target"]["optimized"]  # compiled on its target: ORT's graphs
+    own = run_inside("python", "-m", "halpc_stub.cli", str(nchwc), "--device", "dev-1", "--check", "--allow-inexact",
+                     timeout_s=300)
+    last = own.stderr.strip().splitlines()[-1]
+    assert own.returncode in (1, 2) and last.startswith("halpc-stub: error: dev-1: the bundle's strips are ONNX "
+                                                        "Runtime graphs reordered for NCHWc blocks of"), own.stderr
+    assert "has no NCHWc kernels" in last and "--arch x86_64-nonchwc" in last, own.stderr
     bundle = tmp_path / "bundle"
-    compile_bundle(vgg, local_cluster(2, ports=free_ports(2)), bundle, "even", insecure=True)
+    compile_bundle(vgg, local_cluster(2, ports=free_ports(2)), bundle, "even", insecure=True, arch="x86_64-nonchwc")
     own = run_inside("python", "-m", "halpc_stub.cli", str(bundle), "--device", "dev-1", "--check", timeout_s=300)
     assert own.returncode in (1, 2) and "dev-1 is aarch64 without NCHWc" in own.stderr, own.stderr
     stub = subprocess.Popen(["bash", str(emulation.TOOLS / "run.sh"), "--", "python", "-m", "halpc_stub.cli",

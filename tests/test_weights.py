@@ -1,6 +1,7 @@
 """Weights once per device: each device folder keeps every weight tensor once on disk
 (`weights.bin`, however many strips and plans use it), and the stub maps it once and hands
-the same memory to every session."""
+the same memory to every session; on x86-64 with NCHWc, the strips are ORT's NCHWc graphs,
+their filters reordered once there too."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import models
@@ -17,7 +19,7 @@ from halpc.host.verify import verify
 from halpc.emit.weights import ALIGN, INDEX_FILE, MIN_BYTES, WEIGHTS_FILE
 from halpc_stub.errors import BundleError
 from halpc_stub.manifest import load_manifest
-from halpc_stub.session import load_sessions, shared_weights
+from halpc_stub.session import load_sessions, nchwc_block, shared_weights, target_mismatch, this_target
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,35 @@ def test_the_mapped_weights_are_the_model_s(bundle) -> None:
         inits = {i.name: i for i in onnx.load(str(folder / file)).graph.initializer}
         for name, value in by_name.items():
             np.testing.assert_array_equal(value.numpy(), onnx.numpy_helper.to_array(inits[name]))
+
+
+def test_strips_ship_as_ort_s_nchwc_graphs_and_run_as_they_are(bundle) -> None:
+    """Compiled on its target (x86-64 with NCHWc), every convolution of every strip is already
+    ORT's NCHWc Conv, its filter reordered in the device's weights file (once, as the test above
+    checks), and the stub opens the strips with ORT's optimizations off (verify: bit-exact)."""
+    _, out = bundle
+    manifest = load_manifest(out)
+    assert manifest.data["target"]["optimized"] and manifest.data["target"]["nchwc_block"] == nchwc_block() > 0
+    for device in ("host", "dev-1", "dev-2"):
+        ops = [(n.domain, n.op_type) for p in (out / device).glob("*.onnx")
+               for n in onnx.load(str(p), load_external_data=False).graph.node]
+        assert ("com.microsoft.nchwc", "Conv") in ops and ("", "Conv") not in ops, device
+    for session in load_sessions(manifest, "dev-1").values():
+        assert session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
+def test_strips_reordered_for_another_block_are_refused(bundle) -> None:
+    """A machine whose NCHWc blocks differ (AVX2 against AVX-512) would read the filters wrong:
+    the stub refuses to open them, and the host refuses such a device by its pong."""
+    _, out = bundle
+    manifest = load_manifest(out)
+    other = {8: 16, 16: 8}[nchwc_block()]
+    manifest.data["target"]["nchwc_block"] = other
+    with pytest.raises(BundleError, match=rf"dev-1: the bundle's strips are ONNX Runtime graphs reordered for NCHWc "
+                                          rf"blocks of {other} channels; this machine's ONNX Runtime uses blocks of "
+                                          rf"{nchwc_block()}: compile the bundle on a machine like this one"):
+        load_sessions(manifest, "dev-1")
+    why = target_mismatch(manifest, this_target(manifest), "dev-1")
+    assert why and f"(blocks of {nchwc_block()})" in why and f"(blocks of {other})" in why, why
+    manifest.data["target"]["nchwc_block"] = nchwc_block()
+    assert target_mismatch(manifest, this_target(manifest), "dev-1") is None

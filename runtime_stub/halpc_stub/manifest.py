@@ -233,8 +233,10 @@ def _check_structure(path: Path, data: dict[str, Any]) -> None:
         raise bad("onnxruntime", "must be the ONNX Runtime version string")
     target = data.get("target", {})
     if not (isinstance(target, dict) and isinstance(target.get("arch", ""), str)
-            and isinstance(target.get("nchwc", True), bool)):
-        raise bad("target", "must be an object with the target's arch (a string) and nchwc (true or false)")
+            and isinstance(target.get("nchwc", True), bool) and isinstance(target.get("optimized", False), bool)
+            and type(target.get("nchwc_block", 8)) is int):
+        raise bad("target", "must be an object with the target's arch (a string), nchwc and optimized (true or "
+                  "false) and nchwc_block (a whole number)")
     if not all(type(d["threads"]) is int and 1 <= d["threads"] <= 4096 for d in devices):
         raise bad("devices", "threads must be a whole number from 1 to 4096")
     # Every plan's tensors, inputs, outputs and programs, as the executor and `verify` read them.

@@ -7,6 +7,12 @@ order does not depend on the strip height. A bundle compiled for a target withou
 or x86-64 with `nchwc=False`) runs every session with the NchwcTransformer disabled, so that an
 x86 machine computes what the target computes; on ARM64 builds it is not registered anyway.
 The reference run in `halpc verify` and every device use this.
+
+A bundle compiled for NCHWc on a machine with NCHWc kernels ships its strips as the graphs ORT
+optimized them to (`optimized_strips`), reordered filters included, so that a device keeps each
+filter once, in its weights file, instead of every session reordering its own copy; those
+sessions run with ORT's optimizations off, and only where MLAS's NCHWc block is the one they
+were reordered for.
 """
 from __future__ import annotations
 
@@ -26,21 +32,23 @@ from halpc_stub.errors import BundleError
 
 def make_session(
     model: str | bytes, threads: int = 1, optimized_path: str | None = None, nchwc: bool = True,
-    initializers: dict[str, ort.OrtValue] | None = None,
+    initializers: dict[str, ort.OrtValue] | None = None, optimized: bool = False,
 ) -> ort.InferenceSession:
     """A session with halpc's options; `optimized_path` saves the graph ORT actually runs;
     `nchwc=False` keeps convolutions off ORT's NCHWc layout; `initializers` are weights the
-    session uses in place of reading its own copy (`shared_weights`)."""
+    session uses in place of reading its own copy (`shared_weights`); `optimized`: the model is
+    such a saved graph already, run as it is."""
     options = ort.SessionOptions()
     for name, value in (initializers or {}).items():
         options.add_initializer(name, value)
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    disabled = [] if nchwc else ["NchwcTransformer"]
+    disabled = [] if nchwc or optimized else ["NchwcTransformer"]
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     session.shared_initializers = initializers  # ORT holds bare pointers to them: keep them alive as long
     return session
@@ -69,6 +77,26 @@ def nchwc_available() -> bool:
             return b"ReorderOutput" in f.read()
 
 
+# One com.microsoft.nchwc ReorderInput of a 4-channel input: it pads the channels to MLAS's
+# NCHWc block (serialised, as _PROBE).
+_BLOCK_PROBE = base64.b64decode(
+    "CAg6WgopCgF4EgF5IgxSZW9yZGVySW5wdXQ6E2NvbS5taWNyb3NvZnQubmNod2MSBWJsb2NrWhsKAXgSFgoUCAESEAoCCAEKAggECgIIAQoCCAFiCQoB"
+    "eRIECgIIAUIECgAQDUIXChNjb20ubWljcm9zb2Z0Lm5jaHdjEAE=")
+
+
+@functools.lru_cache(maxsize=None)
+def nchwc_block() -> int:
+    """The channels of one NCHWc block on this machine (8 with AVX2, 16 with AVX-512), 0 where
+    ORT has no NCHWc kernels: asked of ORT, whose ReorderInput pads channels to a block."""
+    try:
+        session = make_session(_BLOCK_PROBE, optimized=True)
+        return int(session.run(None, {"x": np.zeros((1, 4, 1, 1), np.float32)})[0].shape[1])
+    except Exception as exc:
+        if not is_onnxruntime_error(exc):
+            raise
+        return 0
+
+
 def is_onnxruntime_error(exc: BaseException) -> bool:
     """ONNX Runtime raises its own Fail, InvalidArgument, InvalidGraph...: no common base class
     but their module."""
@@ -80,11 +108,18 @@ def bundle_nchwc(manifest) -> bool:
     return manifest.data.get("target", {}).get("nchwc", True) is not False
 
 
+def optimized_strips(manifest) -> int:
+    """The NCHWc block the bundle's strips were optimized for (ORT's saved graphs), or 0: its
+    strips are plain ONNX that each session optimizes itself."""
+    target = manifest.data.get("target", {})
+    return target.get("nchwc_block", 0) if target.get("optimized") else 0
+
+
 def this_target(manifest) -> dict:
     """What this machine runs a bundle's sessions as: its CPU, whether convolutions run in NCHWc
-    (the bundle's setting and this ORT's kernels together) and its ONNX Runtime."""
+    (the bundle's setting and this ORT's kernels together), its NCHWc block and its ONNX Runtime."""
     return {"arch": machine_arch(), "nchwc": bundle_nchwc(manifest) and nchwc_available(),
-            "onnxruntime": ort.__version__}
+            "nchwc_block": nchwc_block(), "onnxruntime": ort.__version__}
 
 
 def target_mismatch(manifest, found: dict, who: str) -> str | None:
@@ -93,12 +128,19 @@ def target_mismatch(manifest, found: dict, who: str) -> str | None:
     wanted = manifest.data.get("target", {"arch": found.get("arch"), "nchwc": True})
     want = {"arch": wanted.get("arch"), "nchwc": wanted.get("nchwc", True) is not False,
             "onnxruntime": manifest.data["onnxruntime"]}
+    if block := optimized_strips(manifest):
+        want["nchwc_block"] = block
     if {k: found.get(k) for k in want} == want:
         return None
 
     def kind(t: dict) -> str:
-        return f"{t.get('arch')} {'with' if t.get('nchwc') else 'without'} NCHWc, onnxruntime {t.get('onnxruntime')}"
+        block = f" (blocks of {t.get('nchwc_block')})" if "nchwc_block" in want and t.get("nchwc") else ""
+        return f"{t.get('arch')} {'with' if t.get('nchwc') else 'without'} NCHWc{block}, onnxruntime {t.get('onnxruntime')}"
 
+    if block:  # not a matter of exactness: ORT's NCHWc graphs run only on the machine they were made for
+        return (f"{who} is {kind(found)}; the bundle was compiled for {kind(want)}: its strips are ONNX Runtime "
+                "graphs for that machine only (compile on a machine like this one, or with --arch x86_64-nonchwc "
+                "for plain strips)")
     return (f"{who} is {kind(found)}; the bundle was compiled for {kind(want)}: its strips are bit-exact only "
             "there (compile for this machine with --arch, or accept ~1e-6 differences with --allow-inexact)")
 
@@ -107,14 +149,18 @@ def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
     """One session per model file of the device's programs (every plan's), each opened once; a
     BundleError naming the file when ONNX Runtime cannot load one (its checksum was right, so it
     is this ONNX Runtime that cannot run it)."""
-    threads = manifest.device(device).threads
     files = sorted({s["model"] for plan in manifest.plans for s in plan.program(device) if "model" in s})
+    block = optimized_strips(manifest)
+    if block and block != nchwc_block():
+        raise BundleError(f"{device}: the bundle's strips are ONNX Runtime graphs reordered for NCHWc blocks of "
+                          f"{block} channels; this machine's ONNX Runtime {_blocks()}: compile the bundle on a "
+                          "machine like this one, or with --arch x86_64-nonchwc for strips any x86-64 runs")
     weights = shared_weights(manifest.path(device, WEIGHTS_INDEX))
     sessions = {}
     for f in files:
         path = manifest.path(device, f)
         try:
-            sessions[f] = make_session(str(path), threads, nchwc=bundle_nchwc(manifest), initializers=weights.get(f))
+            sessions[f] = strip_session(manifest, device, f, weights.get(f))
         except Exception as exc:
             if not is_onnxruntime_error(exc):
                 raise
@@ -123,6 +169,17 @@ def load_sessions(manifest, device: str) -> dict[str, ort.InferenceSession]:
                               f"was compiled for onnxruntime {manifest.data['onnxruntime']}: install that "
                               "one") from None
     return sessions
+
+
+def _blocks() -> str:
+    return f"uses blocks of {nchwc_block()}" if nchwc_block() else "has no NCHWc kernels"
+
+
+def strip_session(manifest, device: str, file: str, initializers: dict[str, ort.OrtValue] | None = None):
+    """A session of one of the device's model files, as the bundle was compiled to run it."""
+    return make_session(str(manifest.path(device, file)), manifest.device(device).threads,
+                        nchwc=bundle_nchwc(manifest), initializers=initializers,
+                        optimized=bool(optimized_strips(manifest)))
 
 
 WEIGHTS_INDEX = "weights.json"

@@ -23,9 +23,10 @@ import zmq
 import halpc
 from halpc.inputs.cluster import Cluster
 from halpc.emit.layout import reference_layout
-from halpc.inputs.target import cluster_target
+from halpc.inputs.target import cluster_target, optimized_strips_block
 from halpc.planner.schedule import Schedule, build_schedule
 from halpc.emit.subgraph import strip_model, tail_model
+from halpc.emit.ort_graphs import ort_optimized
 from halpc.emit.weights import FolderWeights
 from halpc.errors import HalpcError
 from halpc.progress import Progress, silent
@@ -115,10 +116,12 @@ def write_plans(entries: Sequence[PlanEntry], cluster: Cluster, out: str | Path,
 class _Artifacts:
     """Files written into the bundle with their sha256; a model identical to one already in a
     device's folder (the same strip in two plans) is written once and shared, and its weights
-    go to the folder's one weights file (emit.weights)."""
+    go to the folder's one weights file (emit.weights); `optimized`: models are written as ONNX
+    Runtime optimizes them (emit.ort_graphs)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, optimized: bool = False) -> None:
         self.root = root
+        self.optimized = optimized
         self.digests: dict[str, str] = {}
         self._shared: dict[tuple[str, str], str] = {}
         self.weights: dict[str, FolderWeights] = {}
@@ -137,6 +140,8 @@ class _Artifacts:
         key = (folder, hashlib.sha256(model.SerializeToString()).hexdigest())
         if key not in self._shared:
             weights = self.weights.setdefault(folder, FolderWeights())
+            if self.optimized:
+                model = ort_optimized(model)
             self.put(f"{folder}/{name}", weights.externalize(name, model).SerializeToString())
             self._shared[key] = name
         return self._shared[key]
@@ -149,7 +154,7 @@ class _Artifacts:
 
 def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool,
            sharing: dict[str, Any] | None, progress: Progress):
-    artifacts = _Artifacts(root)
+    artifacts = _Artifacts(root, optimized=bool(optimized_strips_block(cluster)))
     several = len(entries) > 1
     plans, schedules = [], []
     for n, entry in enumerate(entries, 1):
@@ -304,6 +309,7 @@ def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
 
     costs = context(trunk, cluster)
     target = cluster_target(cluster)
+    block = optimized_strips_block(cluster)
     return {
         "format": FORMAT,
         "created_by": f"halpc {halpc.__version__}",
@@ -311,7 +317,9 @@ def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         # What the strips were made exact for; every device must be it (checked at connect).
         "target": {"name": target.name, "arch": target.arch, "nchwc": target.nchwc,
-                   "exact": all((d.arch or target.name) == target.name for d in cluster.devices)},
+                   "exact": all((d.arch or target.name) == target.name for d in cluster.devices),
+                   # The strips are ORT's optimized graphs, their filters reordered for this block.
+                   **({"optimized": True, "nchwc_block": block} if block else {})},
         "devices": [
             {"name": d.name, "host": d.host or d.source, "address": d.address, "threads": d.threads,
              "arch": d.arch or target.name, **({"source": True} if d.source else {})}

@@ -17,7 +17,8 @@ from halpc.errors import HalpcError
 from halpc.progress import Progress, silent
 from halpc_stub.executor import host_store, run_program
 from halpc_stub.manifest import Manifest, load_manifest
-from halpc_stub.session import bundle_nchwc, is_onnxruntime_error, make_session, target_mismatch, this_target
+from halpc_stub.session import (bundle_nchwc, is_onnxruntime_error, make_session, strip_session, target_mismatch,
+                                this_target)
 from halpc_stub.errors import BundleError
 from halpc_stub.store import MissingRows, RowStore
 
@@ -158,7 +159,7 @@ def verify(bundle: str | Path, input_file: str | Path | None = None, seeds: int 
     def sessions(device, file: str):
         key = (device.name, file)
         if key not in cache:
-            cache[key] = make_session(str(manifest.path(device.name, file)), device.threads, nchwc=nchwc)
+            cache[key] = strip_session(manifest, device.name, file)
         return cache[key]
 
     def cases(plan: Manifest) -> list[tuple[str, dict[str, np.ndarray]]]:

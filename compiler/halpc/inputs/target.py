@@ -58,3 +58,19 @@ def cluster_target(cluster) -> Target:
     else this machine's. The reference output is the unsplit model on that target."""
     arch = cluster.host.arch
     return TARGETS[arch] if arch else this_machine()
+
+
+def optimized_strips_block(cluster) -> int:
+    """The NCHWc block (channels) whose reordered filters the cluster's strips ship with, or 0.
+
+    Only this machine's ONNX Runtime can say how it rewrites a graph, and the rewrite depends on
+    its vector width, so strips ship as ORT's optimized graphs (`emit.ort_graphs`) only where
+    this machine is the target, with NCHWc, and every device is that target too; elsewhere
+    they stay plain ONNX that each session optimizes itself."""
+    from halpc_stub.session import nchwc_block
+
+    target = cluster_target(cluster)
+    if not target.nchwc or target != this_machine() or any((d.arch or target.name) != target.name
+                                                           for d in cluster.devices):
+        return 0
+    return nchwc_block()
