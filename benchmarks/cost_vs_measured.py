@@ -28,7 +28,7 @@ from halpc.inputs.model import load_model  # noqa: E402
 from halpc.measure.profiler import median_run_seconds  # noqa: E402
 from halpc.analyse.trunk import analyse  # noqa: E402
 from halpc_stub.manifest import load_manifest  # noqa: E402
-from halpc_stub.session import make_session  # noqa: E402
+from halpc_stub.session import strip_session  # noqa: E402
 
 REPEAT = 5
 
@@ -59,7 +59,7 @@ def main() -> None:
             local = compile_bundle(path, cluster(1, 100.0), Path(tmp) / "local", "local")
             manifest = load_manifest(Path(tmp) / "local")
             step = next(s for s in manifest.program("host") if s["op"] == "run")
-            seconds = time_run(make_session(str(manifest.path("host", step["model"]))), feeds_for(manifest, step))
+            seconds = time_run(strip_session(manifest, "host", step["model"]), feeds_for(manifest, step))
             gmacs = step["macs"] / seconds / 1e9
             print(f"\n{name}: unsplit trunk {trunk.macs / 1e9:.2f} GMAC in {seconds * 1e3:.1f} ms "
                   f"-> this machine: {gmacs:.2f} GMAC/s (1 thread)")
@@ -75,7 +75,7 @@ def main() -> None:
                     predicted = measured = 0.0
                     runs = [s for s in manifest.program(device.name) if s["op"] == "run"]
                     for step in runs:
-                        session = make_session(str(manifest.path(device.name, step["model"])))
+                        session = strip_session(manifest, device.name, step["model"])  # as the stub opens it
                         m = time_run(session, feeds_for(manifest, step))
                         p = step["macs"] / (gmacs * 1e9)
                         errors.append(abs(p - m) / m)
