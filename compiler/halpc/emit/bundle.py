@@ -154,7 +154,8 @@ class _Artifacts:
 
 def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: float | None, insecure: bool,
            sharing: dict[str, Any] | None, progress: Progress):
-    artifacts = _Artifacts(root, optimized=bool(optimized_strips_block(cluster)))
+    block = optimized_strips_block(cluster)  # one decision for the strips written and the manifest
+    artifacts = _Artifacts(root, optimized=bool(block))
     several = len(entries) > 1
     plans, schedules = [], []
     for n, entry in enumerate(entries, 1):
@@ -172,7 +173,7 @@ def _write(entries: list[PlanEntry], cluster: Cluster, root: Path, deadline_ms: 
         artifacts.put(f"plans/{entry.id}.json" if several else "plan.json", entry.plan.dumps(entry.trunk).encode())
 
     artifacts.put_weights()
-    manifest = {**_common(entries[0].trunk, cluster), **plans[0]}
+    manifest = {**_common(entries[0].trunk, cluster, block), **plans[0]}
     if several:
         manifest["alternatives"] = plans[1:]
     if deadline_ms is not None:
@@ -303,13 +304,13 @@ def _stub_sources() -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in folder.iterdir() if f.name.endswith(".py")}
 
 
-def _common(trunk: Trunk, cluster: Cluster) -> dict[str, Any]:
-    """What the manifest says of the bundle as a whole: versions, devices and their costs."""
+def _common(trunk: Trunk, cluster: Cluster, block: int) -> dict[str, Any]:
+    """What the manifest says of the bundle as a whole: versions, devices and their costs;
+    `block`: the NCHWc block its strips were optimized for, or 0 (plain strips)."""
     from halpc.planner.context import context  # the planner builds on emit
 
     costs = context(trunk, cluster)
     target = cluster_target(cluster)
-    block = optimized_strips_block(cluster)
     return {
         "format": FORMAT,
         "created_by": f"halpc {halpc.__version__}",
