@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import models
@@ -48,6 +49,33 @@ def test_resnet_cuts_only_between_residual_blocks(resnet) -> None:
     # no cut inside a basic block: both residual inputs would be live
     assert all("_relu1" not in c.tensor for c in trunk.cuts)
     assert len(trunk.cuts) == 9
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "unet", "fpn"])
+def test_shapes_inferred_without_the_weights_are_onnx_s_own(name, tmp_path) -> None:
+    """load_model runs onnx's shape inference on the graph without its weights' bytes; onnx's
+    inference of the loaded model with them (the oracle) finds the same shape on every tensor,
+    and the loaded model keeps every weight's values."""
+    import segmentation
+    from onnx import numpy_helper, shape_inference
+
+    from halpc.inputs.model import load_model
+
+    original = segmentation.unet(64, 64) if name == "unet" else segmentation.fpn(64, 64) if name == "fpn" \
+        else models.build(name, 64, 64)
+    loaded = load_model(save(original, tmp_path)).proto
+    bare = onnx.ModelProto()
+    bare.CopyFrom(loaded)
+    del bare.graph.value_info[:]
+    oracle = shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True).graph
+    found = {v.name: v for v in list(loaded.graph.value_info) + list(loaded.graph.output)}
+    assert len(found) > len(loaded.graph.node) // 2
+    assert found == {v.name: v for v in list(oracle.value_info) + list(oracle.output)}
+    weights = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    for init in original.graph.initializer:
+        if init.name in weights:
+            np.testing.assert_array_equal(weights[init.name], numpy_helper.to_array(init))
+    assert sum(w.nbytes for w in weights.values()) >= 0.99 * sum(t.ByteSize() for t in original.graph.initializer)
 
 
 def test_nhwc_input_rows_are_axis_1(tmp_path) -> None:

@@ -32,17 +32,20 @@ from halpc_stub.errors import BundleError
 
 def make_session(
     model: str | bytes, threads: int = 1, optimized_path: str | None = None, nchwc: bool = True,
-    initializers: dict[str, ort.OrtValue] | None = None, optimized: bool = False,
+    initializers: dict[str, ort.OrtValue] | None = None, optimized: bool = False, weights_apart: bool = False,
 ) -> ort.InferenceSession:
-    """A session with halpc's options; `optimized_path` saves the graph ORT actually runs;
-    `nchwc=False` keeps convolutions off ORT's NCHWc layout; `initializers` are weights the
-    session uses in place of reading its own copy (`shared_weights`); `optimized`: the model is
-    such a saved graph already, run as it is."""
+    """A session with halpc's options; `optimized_path` saves the graph ORT actually runs, its
+    weights in a file beside it if `weights_apart`; `nchwc=False` keeps convolutions off ORT's
+    NCHWc layout; `initializers` are weights the session uses in place of reading its own copy
+    (`shared_weights`); `optimized`: the model is such a saved graph already, run as it is."""
     options = ort.SessionOptions()
     for name, value in (initializers or {}).items():
         options.add_initializer(name, value)
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
+        if weights_apart:
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             os.path.basename(optimized_path) + ".weights")
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.intra_op_num_threads = threads

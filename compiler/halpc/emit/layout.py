@@ -54,7 +54,8 @@ def reference_layout(trunk: Trunk, target: Target | None = None) -> ReferenceLay
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         try:
-            make_session(trunk.model.reference, optimized_path=str(optimized))
+            # Only the graph is read back: its weights go to a file beside it, unread.
+            make_session(trunk.model.reference, optimized_path=str(optimized), weights_apart=True)
         except Exception as exc:  # ORT's error types (InvalidGraph, Fail, ...) derive from Exception only
             raise HalpcError(f"{trunk.model.path}: ONNX Runtime cannot load the model ({exc}); "
                              "is the file damaged? check it with onnx.checker") from None

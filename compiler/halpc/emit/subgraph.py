@@ -18,6 +18,7 @@ from halpc.analyse.rows import Rows
 from halpc.analyse.strips import BlockIO, StripRows
 from halpc.analyse.ops import TensorInfo, attr
 from halpc.analyse.trunk import Trunk, tail_io
+from halpc.inputs.model import inferred_graph
 
 
 NCHWC_BLOCK = 16  # channels per NCHWc block: 16 with AVX-512, 8 with AVX2 (16 covers both)
@@ -210,18 +211,29 @@ def strip_model(
                           (out_rows[0] - made[0], out_rows[1] - made[0]), opset, new_inits)
         nodes.append(node)
 
-    graph = helper.make_graph(
-        nodes,
+    model = _new_model(
+        source,
         name,
+        nodes,
         [_graph_input(t, trunk.tensors[t], r, t in opaque) for t, r in rows.inputs.items()],
         [_value_info(t, trunk.tensors[t], r) for t, r in rows.outputs.items()],
-        initializer=[inits[n] for n in sorted(used_inits) if n in inits] + new_inits,
+        [inits[n] for n in sorted(used_inits) if n in inits] + new_inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=list(source.opset_import), producer_name="halpc"
-    )
-    model.ir_version = source.ir_version
     _check_rows(trunk, rows, model, name)
+    return model
+
+
+def _new_model(source: onnx.ModelProto, name: str, nodes, inputs, outputs, initializers) -> onnx.ModelProto:
+    """helper.make_model(helper.make_graph(...)) in `source`'s opsets and IR version, built in
+    place: make_model copies the graph, weights and all, once more."""
+    model = helper.make_model(onnx.GraphProto(name=name), opset_imports=list(source.opset_import),
+                              producer_name="halpc")
+    model.ir_version = source.ir_version
+    graph = model.graph
+    graph.node.extend(nodes)
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    graph.initializer.extend(initializers)
     return model
 
 
@@ -229,10 +241,9 @@ def _check_rows(trunk: Trunk, rows: StripRows, model: onnx.ModelProto, name: str
     """Shape inference must agree with the row arithmetic, tensor by tensor."""
     try:
         onnx.checker.check_model(model)
-        inferred = shape_inference.infer_shapes(model, strict_mode=True)
+        graph = inferred_graph(model, strict_mode=True)
     except (onnx.checker.ValidationError, shape_inference.InferenceError) as exc:
         raise CompilerBug(f"{name}: the strip graph is invalid: {exc}") from exc
-    graph = inferred.graph
     for value_info in list(graph.value_info) + list(graph.output):
         tensor = value_info.name
         if tensor not in rows.held:
@@ -276,14 +287,7 @@ def tail_model(trunk: Trunk, layout: ReferenceLayout) -> onnx.ModelProto | None:
             inputs.append(_graph_input(t, trunk.tensors[t], None, t in opaque))
         elif t in graph_inputs:
             inputs.append(graph_inputs[t])
-    graph = helper.make_graph(
-        nodes,
-        "tail",
-        inputs,
-        [o for o in source.graph.output if o.name in output_names],
-        initializer=[inits[t] for t in consumed if t in inits] + anchors,
-    )
-    model = helper.make_model(graph, opset_imports=list(source.opset_import), producer_name="halpc")
-    model.ir_version = source.ir_version
+    model = _new_model(source, "tail", nodes, inputs, [o for o in source.graph.output if o.name in output_names],
+                       [inits[t] for t in consumed if t in inits] + anchors)
     onnx.checker.check_model(model)
     return model

@@ -30,15 +30,15 @@ class FolderWeights:
         self.index: dict[str, dict[str, list]] = {}  # model file -> initializer -> [offset, bytes, dtype, shape]
 
     def externalize(self, file: str, model: onnx.ModelProto) -> onnx.ModelProto:
-        """A copy of `model` whose initializers of MIN_BYTES or more refer to `weights.bin`."""
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+        """`model`, changed in place: its initializers of MIN_BYTES or more refer to `weights.bin`."""
         entries = {}
-        for init in out.graph.initializer:
-            array = onnx.numpy_helper.to_array(init)
-            if array.nbytes < MIN_BYTES:
+        for init in model.graph.initializer:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+            if dtype.itemsize * int(np.prod(init.dims)) < MIN_BYTES:
                 continue
-            data = np.ascontiguousarray(array).tobytes()
+            # raw_data is the tensor's bytes, little-endian as numpy's here (a weight copied once
+            # less: the whole model's weights pass through here).
+            data = init.raw_data if init.HasField("raw_data") else onnx.numpy_helper.to_array(init).tobytes()
             offset = self._place(data, (init.data_type, tuple(init.dims), hashlib.sha256(data).hexdigest()))
             for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 init.ClearField(field)
@@ -47,9 +47,9 @@ class FolderWeights:
             for key, value in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(len(data)))):
                 entry = init.external_data.add()
                 entry.key, entry.value = key, value
-            entries[init.name] = [offset, len(data), array.dtype.str, list(init.dims)]
+            entries[init.name] = [offset, len(data), dtype.str, list(init.dims)]
         self.index[file] = entries
-        return out
+        return model
 
     def _place(self, data: bytes, key: tuple) -> int:
         if key not in self._offsets:
