@@ -194,8 +194,8 @@ def _fold_and_infer(path: Path, proto: onnx.ModelProto) -> onnx.ModelProto:
 
 # Shape inference reads the weights' dims and types, never their values (data propagation reads
 # only small integer tensors: shapes, axes, pads), yet onnx serializes the whole model into its
-# C++ inference and parses the result back: 4.6 s a pass for VGG-19's 548 MB, 1 ms without them.
-# (Sized by their dims: a tensor's ByteSize() costs a serialization.)
+# C++ inference and parses the result back: 3.5 s a pass for VGG-19 (575 MB), 3 ms without them
+# (benchmarks/compile_time.py). Sized by their dims: a tensor's ByteSize() costs a serialization.
 _WEIGHT_ELEMENTS = 1024
 _SHAPE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 
