@@ -25,4 +25,9 @@ def ort_optimized(model: onnx.ModelProto) -> onnx.ModelProto:
         make_session(model.SerializeToString(), optimized_path=path)
         optimized = onnx.load(path)
     optimized.graph.name = model.graph.name
+    # ORT names the nodes it adds from a counter shared across the session's optimizer passes,
+    # in an order that varies between runs (ReorderOutput_token_39 here, _41 there); named by
+    # position, the same strip is the same bytes in every compile.
+    for index, node in enumerate(optimized.graph.node):
+        node.name = f"{node.op_type}_{index}"
     return optimized
